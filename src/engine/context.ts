@@ -1,0 +1,129 @@
+/**
+ * What a handler sees: its task, an AbortSignal, and the calls that spawn children, wait
+ * for them durably, memoise steps and report progress.
+ *
+ * The execution model: a handler that waits for unsettled children is suspended (its
+ * worker slot is freed) and later runs again from the top. Spawns are idempotent (by key,
+ * or by the order of spawn calls), so the re-run gets the same children back; work that
+ * must not repeat goes in `ctx.step`.
+ */
+import type { Engine, SpawnSpec } from './engine.js';
+import { ChildTaskFailedError, SuspendSignal, ValidationError } from './errors.js';
+import type { Outcome, SpawnOptions, TaskHandle } from './types.js';
+
+/** Maps task types to their payload and result types, for a typed API end to end. */
+export type TaskMap = Record<string, { payload: unknown; result: unknown }>;
+
+/** The task a handler runs. */
+export interface TaskMeta<P = unknown> {
+  id: string;
+  jobId: string;
+  parentId: string | null;
+  type: string;
+  /** 1 for the first attempt; resumes after a wait keep the number. */
+  attempt: number;
+  payload: P;
+}
+
+/** A child to spawn, for `spawnMany`. */
+export type ChildSpec<M extends TaskMap, K extends keyof M & string = keyof M & string> = {
+  [T in K]: { type: T; payload: M[T]['payload']; options?: SpawnOptions };
+}[K];
+
+export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
+  /** Fires when the task is cancelled, times out, or its lease is lost. */
+  readonly signal: AbortSignal;
+  private spawnSeq = 0;
+  /** Set once the handler suspended: whatever it does afterwards is ignored. */
+  suspended = false;
+
+  constructor(
+    private readonly engine: Engine,
+    readonly task: TaskMeta<P>,
+    private readonly token: number,
+    signal: AbortSignal,
+  ) {
+    this.signal = signal;
+  }
+
+  private get ref() {
+    return { id: this.task.id, token: this.token };
+  }
+
+  /** Spawns one child task and returns its handle; idempotent across re-runs. */
+  async spawn<K extends keyof M & string>(
+    type: K,
+    payload: M[K]['payload'],
+    options?: SpawnOptions,
+  ): Promise<TaskHandle> {
+    const [h] = await this.spawnMany([{ type, payload, ...(options ? { options } : {}) } as ChildSpec<M>]);
+    return h!;
+  }
+
+  /** Spawns many children in one transaction. */
+  async spawnMany(children: Array<ChildSpec<M>>): Promise<TaskHandle[]> {
+    this.throwIfSuspended();
+    const keys = children.map((c, i) => {
+      const k = c.options?.key;
+      if (k === undefined) return `#${this.spawnSeq++}`;
+      if (typeof k !== 'string' || k === '' || k.startsWith('#'))
+        throw new ValidationError(
+          `children[${i}].options.key must be a non-empty string not starting with '#'`,
+        );
+      return k;
+    });
+    return this.engine.spawn(this.ref, children as SpawnSpec[], keys);
+  }
+
+  /**
+   * Waits durably for children (all of this task's children when `handles` is omitted) and
+   * returns every outcome, like Promise.allSettled. If some are unsettled, the handler is
+   * suspended here and runs again from the top once they have all settled.
+   */
+  async waitAllSettled(handles?: TaskHandle[]): Promise<Outcome[]> {
+    this.throwIfSuspended();
+    const r = await this.engine.wait(
+      this.ref,
+      handles ? { all: false, ids: handles.map((h) => h.id) } : { all: true },
+    );
+    if (r.suspended) {
+      this.suspended = true;
+      throw new SuspendSignal();
+    }
+    return r.outcomes;
+  }
+
+  /**
+   * Waits durably like `waitAllSettled`, then returns the results in order, or throws
+   * ChildTaskFailedError if any awaited child did not succeed (like Promise.all).
+   */
+  async waitAll<R = unknown>(handles?: TaskHandle[]): Promise<R[]> {
+    const outcomes = await this.waitAllSettled(handles);
+    const failures = outcomes.filter((o) => o.state !== 'succeeded');
+    if (failures.length) throw new ChildTaskFailedError(failures);
+    return outcomes.map((o) => (o as { result: R }).result);
+  }
+
+  /**
+   * Runs `fn` once per task, whatever the number of re-runs: its result is stored and
+   * returned again when the handler re-runs after a wait or a retry.
+   */
+  async step<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
+    this.throwIfSuspended();
+    const got = await this.engine.getStep(this.task.id, name);
+    if (got.found) return got.value as T;
+    const value = await fn();
+    await this.engine.putStep(this.ref, name, value);
+    return value;
+  }
+
+  /** Reports progress (any JSON value); subscribers see it as a `progress` event. */
+  async progress(value: unknown): Promise<void> {
+    this.throwIfSuspended();
+    await this.engine.progress(this.ref, value);
+  }
+
+  private throwIfSuspended() {
+    if (this.suspended) throw new SuspendSignal();
+  }
+}

@@ -1,0 +1,1041 @@
+/**
+ * The engine: every state transition of tasks and jobs, written once, on top of the Store
+ * interface. Each public method is one transaction and takes a batch.
+ *
+ * Completion tracking is exact and O(1) amortised per task: a task's row counts its
+ * unsettled children (`open_children`); when a task settles, its parent's counter is
+ * adjusted in the same transaction, once per parent per batch, and the parent settles
+ * (or resumes) when its counter reaches zero. Nothing ever scans a tree to decide this.
+ */
+
+import type { JobRow, Store, StoreTx, TaskPatch, TaskRow, TypeConfigRow } from '../store/store.js';
+import { NotFoundError, StaleAttemptError, ValidationError } from './errors.js';
+import { newId } from './ids.js';
+import {
+  type DynataskEvent,
+  isSettled,
+  type JobState,
+  type Outcome,
+  type SpawnOptions,
+  type SubmitOptions,
+  type TaskError,
+  type TaskHandle,
+  type TaskOptions,
+  type TaskState,
+} from './types.js';
+
+/** Defaults used when neither the task nor its type says otherwise. */
+export const DEFAULTS = {
+  namespace: 'default',
+  maxAttempts: 3,
+  backoffMs: 1000,
+  maxBackoffMs: 300_000,
+  leaseMs: 30_000,
+  /** Grace after a task's timeout before its lease expires, so the worker reports the timeout itself. */
+  timeoutGraceMs: 1000,
+};
+
+/** One task to create: the type, its JSON payload and options. */
+export interface SpawnSpec {
+  type: string;
+  payload?: unknown;
+  options?: SpawnOptions;
+}
+
+/** A task handed to a worker by `claim`. */
+export interface ClaimedTask {
+  row: TaskRow;
+  token: number;
+}
+
+/** Identifies the attempt that holds a running task. */
+export interface AttemptRef {
+  id: string;
+  token: number;
+}
+
+export type WaitSpec = { all: true } | { all: false; ids: string[] };
+
+export type WaitResult = { suspended: true } | { suspended: false; outcomes: Outcome[] };
+
+/** Per-transaction side effects, released after commit. */
+class Batch {
+  readonly events: DynataskEvent[] = [];
+  readonly readyTypes = new Set<string>();
+  readonly slotDeltas = new Map<string, Map<string, number>>();
+  /** Tasks that were running when they were cancelled: their local handlers are aborted. */
+  readonly cancelledRunning: string[] = [];
+  constructor(
+    readonly now: number,
+    readonly wantEvents: boolean,
+  ) {}
+
+  taskEvent(row: TaskRow, state: TaskState): void {
+    if (this.wantEvents)
+      this.events.push({
+        kind: 'task',
+        jobId: row.job_id,
+        taskId: row.id,
+        type: row.type,
+        state,
+        at: this.now,
+      });
+  }
+
+  slot(namespace: string, key: string, delta: number): void {
+    let m = this.slotDeltas.get(namespace);
+    if (!m) {
+      m = new Map();
+      this.slotDeltas.set(namespace, m);
+    }
+    m.set(key, (m.get(key) ?? 0) + delta);
+  }
+}
+
+const SLOT_TYPE = 1;
+const SLOT_KEY = 2;
+const typeSlot = (type: string) => `type:${type}`;
+const keySlot = (key: string) => `key:${key}`;
+
+function parseJson(s: string | null): unknown {
+  return s === null ? null : JSON.parse(s);
+}
+
+function errorJson(e: TaskError): string {
+  return JSON.stringify(e);
+}
+
+/** Serialises a payload or result; `undefined` is stored as null. */
+export function toJson(value: unknown, what: string): string | null {
+  if (value === undefined) return null;
+  try {
+    return JSON.stringify(value) ?? null;
+  } catch (e) {
+    throw new ValidationError(`${what} is not JSON-serialisable: ${(e as Error).message}`);
+  }
+}
+
+function outcomeOf(row: TaskRow): Outcome {
+  if (row.state === 'succeeded') return { taskId: row.id, state: 'succeeded', result: parseJson(row.result) };
+  const error = (parseJson(row.error) as TaskError | null) ?? { name: 'Error', message: row.state };
+  return { taskId: row.id, state: row.state as 'failed' | 'cancelled' | 'skipped', error };
+}
+
+function validateOptions(o: TaskOptions | undefined, where: string): void {
+  if (!o) return;
+  const nonNegInt = (v: unknown, name: string, min = 0) => {
+    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min))
+      throw new ValidationError(`${where}.${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+  };
+  nonNegInt(o.maxAttempts, 'maxAttempts', 1);
+  nonNegInt(o.backoffMs, 'backoffMs');
+  nonNegInt(o.maxBackoffMs, 'maxBackoffMs');
+  nonNegInt(o.timeoutMs, 'timeoutMs', 1);
+  nonNegInt(o.delayMs, 'delayMs');
+  if (o.priority !== undefined && (typeof o.priority !== 'number' || !Number.isInteger(o.priority)))
+    throw new ValidationError(`${where}.priority must be an integer, got ${JSON.stringify(o.priority)}`);
+  if (o.concurrency !== undefined) {
+    if (typeof o.concurrency.key !== 'string' || o.concurrency.key === '')
+      throw new ValidationError(`${where}.concurrency.key must be a non-empty string`);
+    nonNegInt(o.concurrency.limit, 'concurrency.limit', 1);
+  }
+}
+
+function validateType(type: unknown, where: string): asserts type is string {
+  if (typeof type !== 'string' || type === '' || type.length > 200)
+    throw new ValidationError(`${where}.type must be a non-empty string of at most 200 characters`);
+}
+
+export interface EngineOptions {
+  /** Lease given to a claimed task; heartbeats extend it. */
+  leaseMs?: number;
+}
+
+export class Engine {
+  readonly leaseMs: number;
+  private readonly listeners = new Set<(e: DynataskEvent) => void>();
+  private readonly readyListeners = new Set<(types: Set<string>) => void>();
+  private readonly cancelListeners = new Set<(taskIds: string[]) => void>();
+  private readonly typeConfigs = new Map<string, TypeConfigRow>();
+
+  constructor(
+    readonly store: Store,
+    opts: EngineOptions = {},
+  ) {
+    this.leaseMs = opts.leaseMs ?? DEFAULTS.leaseMs;
+  }
+
+  // ---------------------------------------------------------------- subscriptions
+
+  /** Subscribes to events of transitions made by this process, in commit order. */
+  subscribe(listener: (e: DynataskEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Called after a commit that made tasks of these types ready to claim. */
+  onReady(listener: (types: Set<string>) => void): () => void {
+    this.readyListeners.add(listener);
+    return () => this.readyListeners.delete(listener);
+  }
+
+  /** Called after a commit that cancelled running tasks, so local handlers abort at once. */
+  onCancelled(listener: (taskIds: string[]) => void): () => void {
+    this.cancelListeners.add(listener);
+    return () => this.cancelListeners.delete(listener);
+  }
+
+  private async run<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>): Promise<T> {
+    let batch!: Batch;
+    const out = await this.store.transaction(async (tx) => {
+      batch = new Batch(tx.now(), this.listeners.size > 0);
+      const r = await fn(tx, batch);
+      for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
+      return r;
+    });
+    for (const e of batch.events) for (const l of this.listeners) l(e);
+    if (batch.readyTypes.size > 0) for (const l of this.readyListeners) l(batch.readyTypes);
+    if (batch.cancelledRunning.length > 0) for (const l of this.cancelListeners) l(batch.cancelledRunning);
+    return out;
+  }
+
+  // ---------------------------------------------------------------- type settings
+
+  /** Stores per-type settings shared by every process (retry policy, timeout, concurrency limit). */
+  async configureTypes(rows: TypeConfigRow[]): Promise<void> {
+    await this.run(async (tx) => {
+      await tx.upsertTypeConfigs(rows);
+      for (const r of rows) {
+        if (r.concurrency !== null) await tx.setSlotMax(r.namespace, typeSlot(r.type), r.concurrency);
+        this.typeConfigs.set(`${r.namespace}\0${r.type}`, r);
+      }
+    });
+  }
+
+  /** Reloads the shared per-type settings (other processes may have registered types). */
+  async loadTypeConfigs(namespace: string): Promise<void> {
+    for (const r of await this.store.typeConfigs(namespace))
+      this.typeConfigs.set(`${namespace}\0${r.type}`, r);
+  }
+
+  private typeConfig(namespace: string, type: string): TypeConfigRow | undefined {
+    return this.typeConfigs.get(`${namespace}\0${type}`);
+  }
+
+  // ---------------------------------------------------------------- creating tasks
+
+  private newTaskRow(
+    jobId: string,
+    namespace: string,
+    parentId: string | null,
+    spawnKey: string | null,
+    spec: SpawnSpec,
+    now: number,
+  ): TaskRow {
+    const o = spec.options ?? {};
+    const runAt = o.runAt !== undefined ? +o.runAt : now + (o.delayMs ?? 0);
+    return {
+      id: newId(),
+      job_id: jobId,
+      namespace,
+      parent_id: parentId,
+      spawn_key: spawnKey,
+      dedup_key: o.dedupKey ?? null,
+      type: spec.type,
+      payload: toJson(spec.payload, 'payload'),
+      state: 'queued',
+      priority: o.priority ?? 0,
+      run_at: Number.isFinite(runAt) ? runAt : now,
+      attempt: 0,
+      max_attempts: o.maxAttempts ?? null,
+      backoff_ms: o.backoffMs ?? null,
+      max_backoff_ms: o.maxBackoffMs ?? null,
+      timeout_ms: o.timeoutMs ?? null,
+      run_token: 0,
+      lease_expires_at: null,
+      concurrency_key: o.concurrency ? keySlot(o.concurrency.key) : null,
+      slots_held: 0,
+      open_children: 0,
+      wait_mode: 0,
+      wait_remaining: 0,
+      awaited: 0,
+      unobserved_failures: 0,
+      observed: 0,
+      ignore_failure: o.ignoreFailure ? 1 : 0,
+      deps_remaining: 0,
+      run_regardless: o.runRegardless ? 1 : 0,
+      handler_done: 0,
+      result: null,
+      error: null,
+      progress: null,
+      created_at: now,
+      started_at: null,
+      finished_at: null,
+      settled_at: null,
+    };
+  }
+
+  /** Creates jobs, each with its root task, atomically. */
+  async submit(
+    specs: Array<{ type: string; payload?: unknown; options?: SubmitOptions }>,
+  ): Promise<Array<{ jobId: string; rootTaskId: string }>> {
+    specs.forEach((s, i) => {
+      validateType(s.type, `jobs[${i}]`);
+      validateOptions(s.options, `jobs[${i}].options`);
+    });
+    return this.run(async (tx, b) => {
+      const jobs: JobRow[] = [];
+      const tasks: TaskRow[] = [];
+      for (const s of specs) {
+        const namespace = s.options?.namespace ?? DEFAULTS.namespace;
+        const jobId = newId();
+        const row = this.newTaskRow(jobId, namespace, null, null, s, b.now);
+        jobs.push({
+          id: jobId,
+          namespace,
+          type: s.type,
+          root_task_id: row.id,
+          state: 'running',
+          created_at: b.now,
+          settled_at: null,
+        });
+        tasks.push(row);
+        if (s.options?.concurrency)
+          await tx.setSlotMax(namespace, row.concurrency_key!, s.options.concurrency.limit);
+        b.taskEvent(row, 'queued');
+        b.readyTypes.add(row.type);
+      }
+      await tx.insertJobs(jobs);
+      await tx.insertTasks(tasks);
+      return jobs.map((j) => ({ jobId: j.id, rootTaskId: j.root_task_id }));
+    });
+  }
+
+  /**
+   * Spawns children of a running task. `keys[i]` is the idempotency key of `specs[i]`
+   * (explicit, or derived from the order of spawn calls by the caller). Existing children
+   * with the same key, and tasks of the job with the same dedup key, are returned instead.
+   */
+  async spawn(parentRef: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]> {
+    specs.forEach((s, i) => {
+      validateType(s.type, `children[${i}]`);
+      validateOptions(s.options, `children[${i}].options`);
+    });
+    return this.run(async (tx, b) => {
+      const parent = await this.getRunning(tx, parentRef);
+      const handles: TaskHandle[] = new Array(specs.length);
+      const existing = new Map((await tx.findChildrenByKey(parent.id, keys)).map((r) => [r.spawn_key!, r]));
+      const dedupKeys = specs.flatMap((s) => (s.options?.dedupKey !== undefined ? [s.options.dedupKey] : []));
+      const dedup = new Map(
+        dedupKeys.length
+          ? (await tx.findByDedupKey(parent.job_id, dedupKeys)).map((r) => [r.dedup_key!, r])
+          : [],
+      );
+      const fresh: Array<{ row: TaskRow; spec: SpawnSpec; index: number }> = [];
+      const byKey = new Map<string, TaskRow>();
+      const seenDedup = new Map<string, TaskRow>();
+      specs.forEach((spec, i) => {
+        const key = keys[i]!;
+        const found = existing.get(key) ?? dedup.get(spec.options?.dedupKey ?? '\0');
+        const sameBatch =
+          spec.options?.dedupKey !== undefined ? seenDedup.get(spec.options.dedupKey) : undefined;
+        const hit = found ?? sameBatch;
+        if (hit) {
+          handles[i] = {
+            id: hit.id,
+            type: hit.type,
+            key: hit.spawn_key ?? key,
+            created: false,
+            parentId: hit.parent_id,
+          };
+          byKey.set(key, hit);
+          return;
+        }
+        const row = this.newTaskRow(parent.job_id, parent.namespace, parent.id, key, spec, b.now);
+        fresh.push({ row, spec, index: i });
+        byKey.set(key, row);
+        if (row.dedup_key !== null) seenDedup.set(row.dedup_key, row);
+        handles[i] = { id: row.id, type: row.type, key, created: true, parentId: parent.id };
+      });
+
+      // Resolve `after` dependencies: task ids of this job, or spawn keys of siblings.
+      const deps: Array<{ row: TaskRow; on: string[] }> = [];
+      const depIds = new Set<string>();
+      for (const f of fresh) {
+        const after = f.spec.options?.after;
+        if (!after?.length) continue;
+        const on: string[] = [];
+        for (const ref of after) {
+          const r = typeof ref === 'string' ? ref : ref.id;
+          const sibling = byKey.get(r);
+          const id = sibling ? sibling.id : r;
+          if (id === f.row.id)
+            throw new ValidationError(`children[${f.index}].after refers to the task itself`);
+          on.push(id);
+          depIds.add(id);
+        }
+        deps.push({ row: f.row, on });
+      }
+      const depRows = new Map<string, TaskRow>();
+      const freshIds = new Map(fresh.map((f) => [f.row.id, f.row]));
+      const unknown = [...depIds].filter((id) => !freshIds.has(id));
+      for (const r of unknown.length ? await tx.getTasks(unknown) : []) depRows.set(r.id, r);
+      for (const [id, r] of freshIds) depRows.set(id, r);
+      const skipNow: Array<{ row: TaskRow; error: TaskError }> = [];
+      for (const d of deps) {
+        let remaining = 0;
+        let failedDep: TaskRow | undefined;
+        for (const id of d.on) {
+          const dep = depRows.get(id);
+          if (!dep || dep.job_id !== parent.job_id) {
+            throw new ValidationError(
+              `after: ${JSON.stringify(id)} is neither a task of job ${parent.job_id} nor a sibling's spawn key`,
+            );
+          }
+          if (!isSettled(dep.state) || freshIds.has(dep.id)) remaining++;
+          else if (dep.state !== 'succeeded' && !d.row.run_regardless) failedDep ??= dep;
+        }
+        d.row.deps_remaining = remaining;
+        if (remaining > 0) d.row.state = 'blocked';
+        if (failedDep) {
+          d.row.state = 'blocked';
+          skipNow.push({ row: d.row, error: dependencyError(failedDep) });
+        }
+      }
+
+      const rows = fresh.map((f) => f.row);
+      for (const f of fresh) {
+        const c = f.spec.options?.concurrency;
+        if (c) await tx.setSlotMax(parent.namespace, f.row.concurrency_key!, c.limit);
+      }
+      const inserted = await tx.insertTasks(rows);
+      if (inserted.size !== rows.length) {
+        // Only another transaction racing on the same dedup key gets here (Postgres); the
+        // caller retries and then finds the winner's task.
+        throw new StaleAttemptError('a concurrent spawn took the same key; retry the spawn');
+      }
+      await tx.insertDeps(
+        deps.flatMap((d) => d.on.map((on) => ({ job_id: parent.job_id, depends_on: on, task_id: d.row.id }))),
+      );
+      if (rows.length) {
+        await tx.updateTasks([{ id: parent.id, open_children: parent.open_children + rows.length }]);
+        parent.open_children += rows.length;
+      }
+      for (const r of rows) {
+        b.taskEvent(r, r.state);
+        if (r.state === 'queued') b.readyTypes.add(r.type);
+      }
+      if (skipNow.length) {
+        await this.settle(
+          tx,
+          b,
+          skipNow.map((s) => ({ row: s.row, state: 'skipped' as const, error: s.error })),
+        );
+      }
+      return handles;
+    });
+  }
+
+  // ---------------------------------------------------------------- claiming
+
+  /**
+   * Claims up to `limit` ready tasks of the given types, best first, honouring the
+   * concurrency limits of types and keys across all workers, and leases them.
+   */
+  async claim(
+    namespace: string,
+    types: string[],
+    limit: number,
+    leaseMs = this.leaseMs,
+  ): Promise<ClaimedTask[]> {
+    if (limit <= 0 || types.length === 0) return [];
+    return this.run(async (tx, b) => {
+      const slots = await tx.getSlots(namespace);
+      const free = new Map<string, number>();
+      for (const s of slots) free.set(s.key, s.max - s.running);
+      const fullKeys = slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key);
+      let candidates: TaskRow[] = [];
+      for (const type of types) {
+        if ((free.get(typeSlot(type)) ?? 1) <= 0) continue;
+        const rows = await tx.claimCandidates({ namespace, type, now: b.now, limit, excludeKeys: fullKeys });
+        candidates = candidates.length ? candidates.concat(rows) : rows;
+      }
+      if (types.length > 1)
+        candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+      const claimed: ClaimedTask[] = [];
+      const patches: TaskPatch[] = [];
+      for (const row of candidates) {
+        if (claimed.length >= limit) break;
+        let held = 0;
+        const ts = typeSlot(row.type);
+        const tFree = free.get(ts);
+        if (tFree !== undefined) {
+          if (tFree <= 0) continue;
+          held |= SLOT_TYPE;
+        }
+        const kFree = row.concurrency_key !== null ? free.get(row.concurrency_key) : undefined;
+        if (kFree !== undefined) {
+          if (kFree <= 0) continue;
+          held |= SLOT_KEY;
+        }
+        if (held & SLOT_TYPE) {
+          free.set(ts, tFree! - 1);
+          b.slot(namespace, ts, 1);
+        }
+        if (held & SLOT_KEY) {
+          free.set(row.concurrency_key!, kFree! - 1);
+          b.slot(namespace, row.concurrency_key!, 1);
+        }
+        const timeout = row.timeout_ms ?? this.typeConfig(namespace, row.type)?.timeout_ms ?? null;
+        row.state = 'running';
+        row.attempt = Math.max(row.attempt, 1);
+        row.run_token += 1;
+        row.started_at = b.now;
+        row.slots_held = held;
+        row.lease_expires_at = this.leaseUntil(b.now, b.now, timeout, leaseMs);
+        row.timeout_ms = timeout;
+        patches.push({
+          id: row.id,
+          state: 'running',
+          attempt: row.attempt,
+          run_token: row.run_token,
+          started_at: row.started_at,
+          slots_held: held,
+          lease_expires_at: row.lease_expires_at,
+        });
+        claimed.push({ row, token: row.run_token });
+        b.taskEvent(row, 'running');
+      }
+      await tx.updateTasks(patches);
+      return claimed;
+    });
+  }
+
+  /** Earliest time a queued task of these types becomes due (for the worker's timer). */
+  async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
+    return this.store.transaction((tx) => tx.nextRunAt(namespace, types));
+  }
+
+  private leaseUntil(now: number, startedAt: number, timeoutMs: number | null, leaseMs: number): number {
+    const lease = now + leaseMs;
+    if (timeoutMs === null) return lease;
+    return Math.min(lease, startedAt + timeoutMs + DEFAULTS.timeoutGraceMs);
+  }
+
+  private async getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskRow> {
+    const [row] = await tx.getTasks([ref.id]);
+    if (!row) throw new NotFoundError(`task ${ref.id} not found`);
+    if (row.state !== 'running' || row.run_token !== ref.token)
+      throw new StaleAttemptError(
+        `task ${ref.id} is no longer held by attempt token ${ref.token} (state ${row.state}, token ${row.run_token})`,
+      );
+    return row;
+  }
+
+  /** Loads the tasks that are still held by the given attempts; the others are stale. */
+  private async heldRows(tx: StoreTx, refs: AttemptRef[]): Promise<Map<string, TaskRow>> {
+    const rows = await tx.getTasks(refs.map((r) => r.id));
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const held = new Map<string, TaskRow>();
+    for (const ref of refs) {
+      const r = byId.get(ref.id);
+      if (r && r.state === 'running' && r.run_token === ref.token) held.set(r.id, r);
+    }
+    return held;
+  }
+
+  private releaseSlots(b: Batch, row: TaskRow): void {
+    if (row.slots_held & SLOT_TYPE) b.slot(row.namespace, typeSlot(row.type), -1);
+    if (row.slots_held & SLOT_KEY && row.concurrency_key) b.slot(row.namespace, row.concurrency_key, -1);
+    row.slots_held = 0;
+  }
+
+  // ---------------------------------------------------------------- finishing attempts
+
+  /**
+   * Records successful handler returns. A task with no open children settles at once;
+   * otherwise it waits in `completing` for the last of them. Returns, per item, whether
+   * the attempt still held the task (false: stale, nothing changed).
+   */
+  async complete(items: Array<AttemptRef & { result: unknown }>): Promise<boolean[]> {
+    const results = items.map((i) => toJson(i.result, `result of task ${i.id}`));
+    return this.run(async (tx, b) => {
+      const held = await this.heldRows(tx, items);
+      const toSettle: Settling[] = [];
+      const patches: TaskPatch[] = [];
+      const ok = items.map((item, i) => {
+        const row = held.get(item.id);
+        if (!row) return false;
+        held.delete(item.id); // the same token twice in one batch counts once
+        this.releaseSlots(b, row);
+        row.result = results[i]!;
+        row.finished_at = b.now;
+        row.handler_done = 1;
+        row.lease_expires_at = null;
+        if (row.open_children === 0) {
+          toSettle.push(this.settledByChildren(row));
+        } else {
+          row.state = 'completing';
+          patches.push({
+            id: row.id,
+            state: 'completing',
+            result: row.result,
+            finished_at: b.now,
+            handler_done: 1,
+            lease_expires_at: null,
+            slots_held: 0,
+            wait_mode: 0,
+          });
+          b.taskEvent(row, 'completing');
+        }
+        return true;
+      });
+      await tx.updateTasks(patches);
+      await this.settle(tx, b, toSettle, true);
+      return ok;
+    });
+  }
+
+  /**
+   * Records failed attempts: retried with exponential backoff and jitter while attempts
+   * remain and the error is retryable, otherwise the task fails and its unsettled
+   * descendants are cancelled.
+   */
+  async fail(items: Array<AttemptRef & { error: TaskError }>): Promise<boolean[]> {
+    return this.run(async (tx, b) => {
+      const held = await this.heldRows(tx, items);
+      const failing: Array<{ row: TaskRow; error: TaskError }> = [];
+      const ok = items.map((item) => {
+        const row = held.get(item.id);
+        if (!row) return false;
+        held.delete(item.id);
+        failing.push({ row, error: item.error });
+        return true;
+      });
+      await this.failAttempts(tx, b, failing);
+      return ok;
+    });
+  }
+
+  private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskRow; error: TaskError }>) {
+    await tx.insertAttempts(
+      failing.map(({ row, error }) => ({
+        job_id: row.job_id,
+        task_id: row.id,
+        attempt: row.attempt,
+        started_at: row.started_at ?? b.now,
+        finished_at: b.now,
+        error: errorJson(error),
+      })),
+    );
+    const patches: TaskPatch[] = [];
+    for (const { row, error } of failing) {
+      this.releaseSlots(b, row);
+      const cfg = this.typeConfig(row.namespace, row.type);
+      const maxAttempts = row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
+      if (error.retryable !== false && row.attempt < maxAttempts) {
+        const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
+        const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
+        const exp = Math.min(cap, base * 2 ** (row.attempt - 1));
+        // "Equal jitter": at least half the delay, so retries of one burst spread out but never bunch at zero.
+        const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
+        row.state = 'queued';
+        patches.push({
+          id: row.id,
+          state: 'queued',
+          attempt: row.attempt + 1,
+          run_at: b.now + delay,
+          lease_expires_at: null,
+          slots_held: 0,
+          wait_mode: 0,
+          error: errorJson(error),
+          finished_at: b.now,
+        });
+        b.taskEvent(row, 'queued');
+        b.readyTypes.add(row.type);
+      } else {
+        await this.terminate(tx, b, row, 'failed', error);
+      }
+    }
+    await tx.updateTasks(patches);
+  }
+
+  /** Renews the leases of running attempts; reports, per item, `ok`, `cancelled` or `lost`. */
+  async heartbeat(items: AttemptRef[], leaseMs = this.leaseMs): Promise<Array<'ok' | 'cancelled' | 'lost'>> {
+    return this.run(async (tx, b) => {
+      const rows = new Map((await tx.getTasks(items.map((i) => i.id))).map((r) => [r.id, r]));
+      const patches: TaskPatch[] = [];
+      const out = items.map((item) => {
+        const r = rows.get(item.id);
+        if (!r) return 'lost' as const;
+        if (r.state === 'running' && r.run_token === item.token) {
+          patches.push({
+            id: r.id,
+            lease_expires_at: this.leaseUntil(b.now, r.started_at ?? b.now, r.timeout_ms, leaseMs),
+          });
+          return 'ok' as const;
+        }
+        return r.state === 'cancelled' ? ('cancelled' as const) : ('lost' as const);
+      });
+      await tx.updateTasks(patches);
+      return out;
+    });
+  }
+
+  /** Fails the attempts whose lease expired (crashed or stalled workers); returns how many. */
+  async expireLeases(limit = 1000): Promise<number> {
+    return this.run(async (tx, b) => {
+      const rows = await tx.expiredLeases(b.now, limit);
+      await this.failAttempts(
+        tx,
+        b,
+        rows.map((row) => ({
+          row,
+          error: {
+            name: 'LeaseExpired',
+            message: `attempt ${row.attempt} lost its lease: the worker crashed, stalled or timed out`,
+          },
+        })),
+      );
+      return rows.length;
+    });
+  }
+
+  // ---------------------------------------------------------------- durable waits
+
+  /**
+   * The heart of a durable wait. If every awaited child has settled, returns their outcomes
+   * (and marks their failures as observed). Otherwise suspends the task: it leaves `running`,
+   * frees its worker and slot, and is re-queued when the last awaited child settles.
+   */
+  async wait(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
+    return this.run(async (tx, b) => {
+      const row = await this.getRunning(tx, ref);
+      let children: TaskRow[];
+      if (spec.all) {
+        children = await tx.children(row.id);
+      } else {
+        const got = new Map((await tx.getTasks(spec.ids)).map((r) => [r.id, r]));
+        children = spec.ids.map((id, i) => {
+          const c = got.get(id);
+          if (!c) throw new ValidationError(`wait: task ${id} (item ${i}) not found`);
+          if (c.parent_id !== row.id)
+            throw new ValidationError(
+              `wait: task ${id} (item ${i}) is not a child of task ${row.id}; only children can be awaited (a dedup key may have returned another parent's task)`,
+            );
+          return c;
+        });
+      }
+      const open = children.filter((c) => !isSettled(c.state));
+      if (open.length === 0) {
+        const seen = children.filter((c) => c.state === 'failed' && !c.observed && !c.ignore_failure);
+        if (seen.length) {
+          await tx.updateTasks([
+            ...seen.map((c) => ({ id: c.id, observed: 1 })),
+            { id: row.id, unobserved_failures: Math.max(0, row.unobserved_failures - seen.length) },
+          ]);
+        }
+        return { suspended: false, outcomes: children.map(outcomeOf) };
+      }
+      this.releaseSlots(b, row);
+      if (!spec.all) await tx.updateTasks(open.map((c) => ({ id: c.id, awaited: 1 })));
+      await tx.updateTasks([
+        {
+          id: row.id,
+          state: 'waiting',
+          wait_mode: spec.all ? 1 : 2,
+          wait_remaining: spec.all ? 0 : open.length,
+          lease_expires_at: null,
+          slots_held: 0,
+        },
+      ]);
+      b.taskEvent(row, 'waiting');
+      return { suspended: true };
+    });
+  }
+
+  // ---------------------------------------------------------------- progress and steps
+
+  async progress(ref: AttemptRef, value: unknown): Promise<void> {
+    const json = toJson(value, 'progress');
+    await this.run(async (tx, b) => {
+      const row = await this.getRunning(tx, ref);
+      await tx.updateTasks([{ id: row.id, progress: json }]);
+      if (b.wantEvents)
+        b.events.push({
+          kind: 'progress',
+          jobId: row.job_id,
+          taskId: row.id,
+          type: row.type,
+          progress: value,
+          at: b.now,
+        });
+    });
+  }
+
+  async getStep(taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
+    const v = await this.store.transaction((tx) => tx.getStep(taskId, name));
+    return v === undefined ? { found: false, value: undefined } : { found: true, value: parseJson(v) };
+  }
+
+  async putStep(ref: AttemptRef, name: string, value: unknown): Promise<void> {
+    const json = toJson(value, `step ${name}`) ?? 'null';
+    await this.run(async (tx) => {
+      const row = await this.getRunning(tx, ref);
+      await tx.putStep(row.job_id, row.id, name, json);
+    });
+  }
+
+  // ---------------------------------------------------------------- cancellation
+
+  /** Cancels a task and every unsettled task below it. Returns false if it had already settled. */
+  async cancelTask(taskId: string, reason = 'cancelled'): Promise<boolean> {
+    return this.run(async (tx, b) => {
+      const [row] = await tx.getTasks([taskId]);
+      if (!row) throw new NotFoundError(`task ${taskId} not found`);
+      if (isSettled(row.state)) return false;
+      await this.terminate(tx, b, row, 'cancelled', { name: 'Cancelled', message: reason });
+      return true;
+    });
+  }
+
+  /** Cancels a job: its root task and everything below it. */
+  async cancelJob(jobId: string, reason = 'job cancelled'): Promise<boolean> {
+    const job = await this.store.getJob(jobId);
+    if (!job) throw new NotFoundError(`job ${jobId} not found`);
+    return this.cancelTask(job.root_task_id, reason);
+  }
+
+  // ---------------------------------------------------------------- settling
+
+  /**
+   * Ends a task now with `state` (failed or cancelled): its unsettled descendants are
+   * cancelled first (no orphans), then the task settles.
+   */
+  private async terminate(
+    tx: StoreTx,
+    b: Batch,
+    row: TaskRow,
+    state: 'failed' | 'cancelled',
+    error: TaskError,
+  ) {
+    const subtree = await tx.unsettledSubtree(row.id);
+    const descendants = subtree.filter((r) => r.id !== row.id);
+    let skipped: Settling[] = [];
+    if (descendants.length) {
+      const cancelled: TaskError = { name: 'Cancelled', message: `ancestor ${row.id} ${state}` };
+      const json = errorJson(cancelled);
+      for (const d of descendants) {
+        if (d.state === 'running') b.cancelledRunning.push(d.id);
+        this.releaseSlots(b, d);
+        d.state = 'cancelled';
+        d.error = json;
+        b.taskEvent(d, 'cancelled');
+      }
+      await tx.updateTasks(
+        descendants.map((d) => ({
+          id: d.id,
+          state: 'cancelled' as const,
+          error: json,
+          settled_at: b.now,
+          lease_expires_at: null,
+          slots_held: 0,
+          open_children: 0,
+        })),
+      );
+      // Descendants' own parents are all inside the subtree and settle with it, so their
+      // counters need no update; only tasks elsewhere that depend on them are affected.
+      skipped = await this.releaseDependents(tx, b, descendants);
+    }
+    const self = subtree.find((r) => r.id === row.id) ?? row;
+    if (self.state === 'running' && state === 'cancelled') b.cancelledRunning.push(self.id);
+    self.slots_held = row.slots_held;
+    this.releaseSlots(b, self);
+    self.open_children = 0;
+    await this.settle(tx, b, [{ row: self, state, error }, ...skipped]);
+  }
+
+  /** A task whose handler is done and whose children have all settled: its final state. */
+  private settledByChildren(row: TaskRow): Settling {
+    return row.unobserved_failures > 0
+      ? { row, state: 'failed', error: undefined }
+      : { row, state: 'succeeded' };
+  }
+
+  /**
+   * Settles tasks and propagates upwards and sideways, in waves: each wave adjusts the
+   * parents' counters once per parent, resumes waiting parents, settles completing ones,
+   * and releases or skips dependents. Waves repeat for the tasks that settled in turn.
+   */
+  private async settle(tx: StoreTx, b: Batch, wave: Settling[], withResult = false): Promise<void> {
+    while (wave.length) {
+      const next: Settling[] = [];
+      const patches: TaskPatch[] = [];
+      const jobs: Array<{ id: string; state: JobState; settled_at: number }> = [];
+      for (const s of wave) {
+        const { row } = s;
+        if (s.state === 'failed' && s.error === undefined) s.error = await this.childFailureError(tx, row);
+        row.state = s.state;
+        const patch: TaskPatch = {
+          id: row.id,
+          state: s.state,
+          settled_at: b.now,
+          lease_expires_at: null,
+          slots_held: 0,
+          open_children: 0,
+          wait_mode: 0,
+        };
+        if (s.error) {
+          row.error = errorJson(s.error);
+          patch.error = row.error;
+        }
+        if (withResult) {
+          patch.result = row.result;
+          patch.finished_at = row.finished_at;
+          patch.handler_done = row.handler_done;
+        }
+        patches.push(patch);
+        b.taskEvent(row, s.state);
+        if (row.parent_id === null) {
+          const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
+          jobs.push({ id: row.job_id, state: js, settled_at: b.now });
+          if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at: b.now });
+        }
+      }
+      await tx.updateTasks(patches);
+      if (jobs.length) await tx.updateJobs(jobs);
+      withResult = false;
+
+      // Parents: one read and one write per parent per wave, however many children settled.
+      const perParent = new Map<string, { open: number; awaited: number; failures: number }>();
+      for (const { row } of wave) {
+        if (row.parent_id === null) continue;
+        let d = perParent.get(row.parent_id);
+        if (!d) {
+          d = { open: 0, awaited: 0, failures: 0 };
+          perParent.set(row.parent_id, d);
+        }
+        d.open++;
+        if (row.awaited) d.awaited++;
+        if (row.state === 'failed' && !row.ignore_failure && !row.observed) d.failures++;
+      }
+      if (perParent.size) {
+        const parents = await tx.getTasks([...perParent.keys()]);
+        const parentPatches: TaskPatch[] = [];
+        for (const p of parents) {
+          if (isSettled(p.state)) continue; // settled by a cancellation in this transaction
+          const d = perParent.get(p.id)!;
+          p.open_children = Math.max(0, p.open_children - d.open);
+          p.unobserved_failures += d.failures;
+          const patch: TaskPatch = {
+            id: p.id,
+            open_children: p.open_children,
+            unobserved_failures: p.unobserved_failures,
+          };
+          if (p.wait_mode === 2 && p.state === 'waiting') {
+            p.wait_remaining = Math.max(0, p.wait_remaining - d.awaited);
+            patch.wait_remaining = p.wait_remaining;
+          }
+          if (
+            p.state === 'waiting' &&
+            ((p.wait_mode === 1 && p.open_children === 0) || (p.wait_mode === 2 && p.wait_remaining === 0))
+          ) {
+            // Resume: the awaited children have all settled; the handler runs again from the top.
+            Object.assign(patch, { state: 'queued', run_at: b.now, wait_mode: 0, wait_remaining: 0 });
+            p.state = 'queued';
+            b.taskEvent(p, 'queued');
+            b.readyTypes.add(p.type);
+          } else if (p.state === 'completing' && p.open_children === 0) {
+            next.push(this.settledByChildren(p));
+          }
+          parentPatches.push(patch);
+        }
+        await tx.updateTasks(parentPatches);
+      }
+
+      next.push(
+        ...(await this.releaseDependents(
+          tx,
+          b,
+          wave.map((s) => s.row),
+        )),
+      );
+      wave = next;
+    }
+  }
+
+  /** Dependents of settled tasks: released when their last dependency succeeds, else skipped. */
+  private async releaseDependents(tx: StoreTx, b: Batch, settled: TaskRow[]): Promise<Settling[]> {
+    const byJob = new Map<string, TaskRow[]>();
+    for (const r of settled) {
+      const list = byJob.get(r.job_id);
+      if (list) list.push(r);
+      else byJob.set(r.job_id, [r]);
+    }
+    const skipped: Settling[] = [];
+    for (const [jobId, rows] of byJob) {
+      const edges = await tx.dependents(
+        jobId,
+        rows.map((r) => r.id),
+      );
+      if (!edges.length) continue;
+      const byId = new Map(rows.map((r) => [r.id, r]));
+      const dependents = new Map(
+        (await tx.getTasks([...new Set(edges.map((e) => e.task_id))])).map((r) => [r.id, r]),
+      );
+      const patches = new Map<string, TaskPatch>();
+      for (const e of edges) {
+        const t = dependents.get(e.task_id);
+        const dep = byId.get(e.depends_on)!;
+        if (!t || t.state !== 'blocked') continue;
+        if (dep.state === 'succeeded' || t.run_regardless) {
+          t.deps_remaining = Math.max(0, t.deps_remaining - 1);
+          const p = patches.get(t.id) ?? { id: t.id };
+          p.deps_remaining = t.deps_remaining;
+          if (t.deps_remaining === 0) {
+            t.state = 'queued';
+            p.state = 'queued';
+            p.run_at = Math.max(t.run_at, b.now);
+            b.taskEvent(t, 'queued');
+            b.readyTypes.add(t.type);
+          }
+          patches.set(t.id, p);
+        } else {
+          t.state = 'skipped'; // guards against a second failing dependency in this batch
+          patches.delete(t.id);
+          skipped.push({ row: t, state: 'skipped', error: dependencyError(dep) });
+        }
+      }
+      await tx.updateTasks([...patches.values()]);
+    }
+    return skipped;
+  }
+
+  private async childFailureError(tx: StoreTx, row: TaskRow): Promise<TaskError> {
+    const child = (await tx.children(row.id)).find(
+      (c) => c.state === 'failed' && !c.observed && !c.ignore_failure,
+    );
+    const cause = child ? (parseJson(child.error) as TaskError | null) : null;
+    return {
+      name: 'ChildTaskFailed',
+      message: child
+        ? `child task ${child.id} (${child.type}) failed and was not awaited: ${cause?.message ?? 'unknown error'}`
+        : 'a child task failed and was not awaited',
+      ...(child ? { childTaskId: child.id } : {}),
+    };
+  }
+}
+
+interface Settling {
+  row: TaskRow;
+  state: 'succeeded' | 'failed' | 'cancelled' | 'skipped';
+  /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
+  error?: TaskError | undefined;
+}
+
+function dependencyError(dep: TaskRow): TaskError {
+  return {
+    name: 'DependencyFailed',
+    message: `dependency ${dep.id} (${dep.type}) ${dep.state}`,
+  };
+}

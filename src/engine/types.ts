@@ -1,0 +1,178 @@
+/**
+ * Public types of dynatask: task and job states, spawn options, outcomes and events.
+ * The state machine is drawn in docs/state-machine.md.
+ */
+
+/** States of a task. Settled states are final. */
+export type TaskState =
+  /** Spawned with `after:` dependencies that have not all succeeded yet. */
+  | 'blocked'
+  /** Eligible to be claimed by a worker once `runAt` has passed. */
+  | 'queued'
+  /** Claimed by a worker that holds a lease on it. */
+  | 'running'
+  /** Its handler suspended in a durable wait; resumes (re-queued) when the awaited children settle. */
+  | 'waiting'
+  /** Its handler finished but some children are still unsettled; settles with the last of them. */
+  | 'completing'
+  /** Settled: handler and whole subtree done, no unobserved child failure. */
+  | 'succeeded'
+  /** Settled: handler failed permanently, or a child failed and the task did not observe it. */
+  | 'failed'
+  /** Settled: cancelled by an operator or because an ancestor was cancelled or failed. */
+  | 'cancelled'
+  /** Settled: a dependency failed or was cancelled, so it never ran. */
+  | 'skipped';
+
+export const SETTLED_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled', 'skipped'];
+export const TASK_STATES: readonly TaskState[] = [
+  'blocked',
+  'queued',
+  'running',
+  'waiting',
+  'completing',
+  'succeeded',
+  'failed',
+  'cancelled',
+  'skipped',
+];
+
+export function isSettled(state: TaskState): boolean {
+  return state === 'succeeded' || state === 'failed' || state === 'cancelled' || state === 'skipped';
+}
+
+/** A job is `running` until its root task settles; then it takes the root's final state. */
+export type JobState = 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+/** JSON-serialisable values: payloads, results and step values are stored as JSON. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A task error as stored and returned: always plain data, never an Error instance. */
+export interface TaskError {
+  name: string;
+  message: string;
+  stack?: string;
+  /** False for errors that must not be retried (thrown as NonRetryableError). */
+  retryable?: boolean;
+  /** Set when a task failed because of a child: the child that failed first. */
+  childTaskId?: string;
+}
+
+/** Retry policy; any field left out falls back to the type's policy, then to the defaults. */
+export interface RetryPolicy {
+  /** Total attempts including the first; 1 means no retry. Default 3. */
+  maxAttempts?: number;
+  /** Base delay of the exponential backoff, in ms. Default 1000. */
+  backoffMs?: number;
+  /** Cap on one backoff delay, in ms. Default 300000 (5 minutes). */
+  maxBackoffMs?: number;
+}
+
+/** Options shared by submit and spawn. */
+export interface TaskOptions extends RetryPolicy {
+  /** Higher runs first among ready tasks. Default 0. */
+  priority?: number;
+  /** Do not run before this time (Date or epoch ms). */
+  runAt?: Date | number;
+  /** Do not run before this many ms from now. */
+  delayMs?: number;
+  /** Per-attempt timeout in ms; the handler's AbortSignal fires and the attempt fails. */
+  timeoutMs?: number;
+  /** At most `limit` running tasks with this key at once, across all workers. */
+  concurrency?: { key: string; limit: number };
+}
+
+/** Options of a spawned child. */
+export interface SpawnOptions extends TaskOptions {
+  /**
+   * Idempotency key among the parent's children. Defaults to the order of the spawn
+   * calls in this handler run, so a handler that re-runs spawns the same children.
+   */
+  key?: string;
+  /** Unique within the job: spawning a second task with the same dedup key returns the first. */
+  dedupKey?: string;
+  /** Run only after these tasks (ids, or spawn keys of siblings) have succeeded. */
+  after?: Array<string | TaskHandle>;
+  /** With `after`: run even if a dependency failed or was cancelled. */
+  runRegardless?: boolean;
+  /** A permanent failure of this child does not fail its parent. */
+  ignoreFailure?: boolean;
+}
+
+/** Options of a job's submission. */
+export interface SubmitOptions extends TaskOptions {
+  namespace?: string;
+}
+
+/** A reference to a spawned task. */
+export interface TaskHandle {
+  id: string;
+  type: string;
+  /** The spawn key the task was created under (explicit or `#n`). */
+  key: string;
+  /** False when an existing task was returned (re-run or dedup key) instead of a new one. */
+  created: boolean;
+  /** The parent of the task; differs from the caller when a dedup key matched another parent's child. */
+  parentId: string | null;
+}
+
+/** The outcome of one awaited child, as `waitAllSettled` returns it. */
+export type Outcome<R = unknown> =
+  | { taskId: string; state: 'succeeded'; result: R }
+  | { taskId: string; state: 'failed' | 'cancelled' | 'skipped'; error: TaskError };
+
+/** A recorded failed attempt. The current/successful attempt's times are on the task itself. */
+export interface AttemptRecord {
+  attempt: number;
+  startedAt: number;
+  finishedAt: number;
+  error: TaskError;
+}
+
+/** A task as queries return it. Times are epoch ms. */
+export interface TaskInfo {
+  id: string;
+  jobId: string;
+  parentId: string | null;
+  type: string;
+  key: string | null;
+  dedupKey: string | null;
+  state: TaskState;
+  payload: unknown;
+  result: unknown;
+  error: TaskError | null;
+  progress: unknown;
+  attempt: number;
+  maxAttempts: number | null;
+  priority: number;
+  runAt: number;
+  createdAt: number;
+  startedAt: number | null;
+  finishedAt: number | null;
+  settledAt: number | null;
+  openChildren: number;
+  /** Present on `getTask`: every failed attempt with its error and timing. */
+  attempts?: AttemptRecord[];
+}
+
+/** A job with its task counts. */
+export interface JobInfo {
+  id: string;
+  namespace: string;
+  type: string;
+  rootTaskId: string;
+  state: JobState;
+  result: unknown;
+  error: TaskError | null;
+  createdAt: number;
+  settledAt: number | null;
+  /** Number of tasks in each state (states with none are 0). */
+  counts: Record<TaskState, number>;
+  total: number;
+}
+
+/** Events delivered in commit order to in-process subscribers. */
+export type DynataskEvent =
+  | { kind: 'task'; jobId: string; taskId: string; type: string; state: TaskState; at: number }
+  | { kind: 'progress'; jobId: string; taskId: string; type: string; progress: unknown; at: number }
+  | { kind: 'job'; jobId: string; state: JobState; at: number };

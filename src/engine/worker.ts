@@ -1,0 +1,245 @@
+/**
+ * The in-process worker: claims batches of tasks of the types it handles, runs their
+ * handlers, and reports outcomes in batches (one transaction per batch of completions).
+ * It holds leases with batched heartbeats and aborts handlers that are cancelled, time
+ * out or lose their lease.
+ */
+import { TaskContext, type TaskMap } from './context.js';
+import type { AttemptRef, ClaimedTask, Engine } from './engine.js';
+import { SuspendSignal, toTaskError } from './errors.js';
+import type { TaskError } from './types.js';
+
+/** A handler: receives its context and payload, returns the task's result. */
+export type Handler<M extends TaskMap = TaskMap, P = unknown, R = unknown> = (
+  ctx: TaskContext<M, P>,
+  payload: P,
+) => Promise<R> | R;
+
+export interface WorkerOptions {
+  namespace: string;
+  /** Handlers running at once in this worker. */
+  concurrency: number;
+  /** Tasks claimed per transaction. */
+  batchSize: number;
+  /** Safety-net poll when no wake-up arrives (another process may have queued work). */
+  pollMs: number;
+  leaseMs: number;
+}
+
+interface Running {
+  claimed: ClaimedTask;
+  controller: AbortController;
+  timer: NodeJS.Timeout | undefined;
+  /** Set once an outcome has been queued, so a late one (after a timeout) is dropped. */
+  done: boolean;
+}
+
+export class Worker {
+  private readonly running = new Map<string, Running>();
+  private completions: Array<AttemptRef & { result: unknown }> = [];
+  private failures: Array<AttemptRef & { error: TaskError }> = [];
+  private flushScheduled = false;
+  private flushing: Promise<void> | null = null;
+  private claiming = false;
+  private stopped = true;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private readonly unsubscribe: Array<() => void> = [];
+  private readonly types: string[];
+  /** Errors of the loop itself (not of handlers), reported once instead of crashing the process. */
+  onError: (e: unknown) => void = (e) => console.error('dynatask worker:', e);
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly handlers: Map<string, Handler>,
+    private readonly opts: WorkerOptions,
+  ) {
+    this.types = [...handlers.keys()];
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.unsubscribe.push(
+      this.engine.onReady((types) => {
+        if (this.types.some((t) => types.has(t))) this.pump();
+      }),
+      this.engine.onCancelled((ids) => {
+        for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
+      }),
+    );
+    const beat = Math.max(50, Math.floor(this.opts.leaseMs / 3));
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
+    this.heartbeatTimer.unref();
+    this.pump();
+  }
+
+  /** Stops claiming; waits for running handlers to finish and their outcomes to be stored. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.wakeTimer);
+    clearInterval(this.heartbeatTimer);
+    for (const u of this.unsubscribe.splice(0)) u();
+    while (this.running.size > 0 || this.completions.length || this.failures.length || this.flushing) {
+      await new Promise<void>((r) => this.idleWaiters.push(r));
+    }
+  }
+
+  /** Number of handlers running now. */
+  get busy(): number {
+    return this.running.size;
+  }
+
+  private pump(): void {
+    if (this.stopped || this.claiming) return;
+    const free = this.opts.concurrency - this.running.size;
+    if (free <= 0) return;
+    this.claiming = true;
+    clearTimeout(this.wakeTimer);
+    const want = Math.min(free, this.opts.batchSize);
+    this.engine
+      .claim(this.opts.namespace, this.types, want, this.opts.leaseMs)
+      .then(async (claimed) => {
+        this.claiming = false;
+        for (const c of claimed) this.runTask(c);
+        if (claimed.length === want) {
+          this.pump();
+          return;
+        }
+        // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
+        const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
+        let delay = this.opts.pollMs;
+        if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
+        clearTimeout(this.wakeTimer);
+        if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), delay);
+      })
+      .catch((e) => {
+        this.claiming = false;
+        this.onError(e);
+        clearTimeout(this.wakeTimer);
+        if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), this.opts.pollMs);
+      });
+  }
+
+  private runTask(claimed: ClaimedTask): void {
+    const { row, token } = claimed;
+    const handler = this.handlers.get(row.type)!;
+    const controller = new AbortController();
+    const entry: Running = { claimed, controller, timer: undefined, done: false };
+    this.running.set(row.id, entry);
+    if (row.timeout_ms !== null) {
+      const remaining = (row.started_at ?? Date.now()) + row.timeout_ms - Date.now();
+      entry.timer = setTimeout(() => {
+        const err = new Error(`attempt ${row.attempt} timed out after ${row.timeout_ms} ms`);
+        err.name = 'TimeoutError';
+        controller.abort(err);
+        this.finish(entry, { error: toTaskError(err) });
+      }, remaining);
+    }
+    const payload = row.payload === null ? null : JSON.parse(row.payload);
+    const ctx = new TaskContext(
+      this.engine,
+      {
+        id: row.id,
+        jobId: row.job_id,
+        parentId: row.parent_id,
+        type: row.type,
+        attempt: row.attempt,
+        payload,
+      },
+      token,
+      controller.signal,
+    );
+    let promise: Promise<unknown>;
+    try {
+      promise = Promise.resolve(handler(ctx, payload));
+    } catch (e) {
+      promise = Promise.reject(e);
+    }
+    promise.then(
+      (result) => this.finish(entry, ctx.suspended ? { suspended: true } : { result }),
+      (e: unknown) =>
+        this.finish(
+          entry,
+          ctx.suspended || e instanceof SuspendSignal ? { suspended: true } : { error: toTaskError(e) },
+        ),
+    );
+  }
+
+  private finish(
+    entry: Running,
+    outcome: { result: unknown } | { error: TaskError } | { suspended: true },
+  ): void {
+    if (entry.done) return;
+    entry.done = true;
+    clearTimeout(entry.timer);
+    const ref = { id: entry.claimed.row.id, token: entry.claimed.token };
+    if (entry.controller.signal.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
+      // Cancelled or lease lost: the store rejects this attempt's outcome anyway.
+      this.running.delete(ref.id);
+      this.pump();
+      this.notifyIdle();
+      return;
+    }
+    if ('suspended' in outcome) {
+      this.running.delete(ref.id);
+      this.pump();
+      this.notifyIdle();
+      return;
+    }
+    if ('result' in outcome) this.completions.push({ ...ref, result: outcome.result });
+    else this.failures.push({ ...ref, error: outcome.error });
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // setImmediate lets every handler that finishes in this turn join one batch.
+      setImmediate(() => void this.flush());
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.flushing) await this.flushing;
+    this.flushScheduled = false;
+    const completions = this.completions;
+    const failures = this.failures;
+    this.completions = [];
+    this.failures = [];
+    if (!completions.length && !failures.length) return;
+    this.flushing = (async () => {
+      try {
+        if (completions.length) await this.engine.complete(completions);
+        if (failures.length) await this.engine.fail(failures);
+      } catch (e) {
+        // The leases stay; if the store is back later, expiry retries these attempts.
+        this.onError(e);
+      }
+      for (const c of completions) this.running.delete(c.id);
+      for (const f of failures) this.running.delete(f.id);
+    })();
+    await this.flushing;
+    this.flushing = null;
+    this.pump();
+    this.notifyIdle();
+  }
+
+  private async heartbeat(): Promise<void> {
+    const refs = [...this.running.values()]
+      .filter((r) => !r.done)
+      .map((r) => ({ id: r.claimed.row.id, token: r.claimed.token }));
+    if (!refs.length) return;
+    try {
+      const status = await this.engine.heartbeat(refs, this.opts.leaseMs);
+      status.forEach((s, i) => {
+        if (s === 'ok') return;
+        const entry = this.running.get(refs[i]!.id);
+        entry?.controller.abort(new Error(s === 'cancelled' ? 'task cancelled' : 'lease lost'));
+      });
+    } catch (e) {
+      this.onError(e);
+    }
+  }
+
+  private notifyIdle(): void {
+    if (this.running.size === 0 || this.stopped) for (const w of this.idleWaiters.splice(0)) w();
+  }
+}

@@ -1,0 +1,14 @@
+/** A FIFO async mutex: operations on the single SQLite connection run one at a time. */
+export class Mutex {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn, fn);
+    // The chain must not reject, or every later caller would see this failure.
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}

@@ -1,0 +1,513 @@
+/**
+ * The embedded store: one SQLite file in WAL mode, driven by better-sqlite3.
+ *
+ * better-sqlite3 is synchronous, so a transaction here is BEGIN IMMEDIATE ... COMMIT around
+ * the engine's async operation, with an in-process mutex so two operations of this process
+ * never interleave on the one connection. Other processes may open the same file: SQLite's
+ * own write lock (with busy_timeout) serialises them.
+ */
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import type { TaskState } from '../../engine/types.js';
+import type {
+  AttemptRow,
+  ClaimQuery,
+  DepRow,
+  JobRow,
+  ListJobsQuery,
+  SlotRow,
+  Store,
+  StoreTx,
+  TaskPage,
+  TaskPatch,
+  TaskRow,
+  TypeConfigRow,
+} from '../store.js';
+import { Mutex } from './mutex.js';
+
+type Statement = Database.Statement;
+
+const TASK_COLUMNS = [
+  'id',
+  'job_id',
+  'namespace',
+  'parent_id',
+  'spawn_key',
+  'dedup_key',
+  'type',
+  'payload',
+  'state',
+  'priority',
+  'run_at',
+  'attempt',
+  'max_attempts',
+  'backoff_ms',
+  'max_backoff_ms',
+  'timeout_ms',
+  'run_token',
+  'lease_expires_at',
+  'concurrency_key',
+  'slots_held',
+  'open_children',
+  'wait_mode',
+  'wait_remaining',
+  'awaited',
+  'unobserved_failures',
+  'observed',
+  'ignore_failure',
+  'deps_remaining',
+  'run_regardless',
+  'handler_done',
+  'result',
+  'error',
+  'progress',
+  'created_at',
+  'started_at',
+  'finished_at',
+  'settled_at',
+] as const satisfies ReadonlyArray<keyof TaskRow>;
+
+/** Where the migrations live, next to this file both in src/ and in dist/. */
+const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
+
+/** IN-lists are bound in chunks of this size to stay under SQLite's parameter limit. */
+const CHUNK = 500;
+
+function chunks<T>(items: T[], size = CHUNK): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+export interface SqliteStoreOptions {
+  /** File path, or ':memory:'. */
+  path: string;
+  /** PRAGMA synchronous: NORMAL (default) survives a process crash; FULL also survives power loss. */
+  synchronous?: 'NORMAL' | 'FULL';
+}
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const;
+  private readonly db: Database.Database;
+  private readonly mutex = new Mutex();
+  private readonly cache = new Map<string, Statement>();
+  /** Built on first use: its statements need the migrated schema. */
+  private txOps: StoreTx | undefined;
+
+  constructor(opts: SqliteStoreOptions) {
+    if (opts.path !== ':memory:') mkdirSync(dirname(opts.path), { recursive: true });
+    this.db = new Database(opts.path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
+    this.db.pragma('busy_timeout = 10000');
+  }
+
+  /** A cached prepared statement. */
+  private st(sql: string): Statement {
+    let s = this.cache.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.cache.set(sql, s);
+    }
+    return s;
+  }
+
+  async migrate(): Promise<void> {
+    await this.mutex.run(async () => {
+      this.db.exec(
+        'CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)',
+      );
+      const files = readdirSync(MIGRATIONS_DIR)
+        .filter((f) => f.endsWith('.sql'))
+        .sort();
+      // IMMEDIATE takes the write lock first, so two processes migrating at once apply each file once.
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        const done = new Set(
+          (this.db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: string }>).map(
+            (r) => r.version,
+          ),
+        );
+        for (const f of files) {
+          if (done.has(f)) continue;
+          this.db.exec(readFileSync(new URL(f, MIGRATIONS_DIR), 'utf8'));
+          this.db
+            .prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)')
+            .run(f, Date.now());
+        }
+        this.db.exec('COMMIT');
+      } catch (e) {
+        this.db.exec('ROLLBACK');
+        throw e;
+      }
+    });
+  }
+
+  async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    return this.mutex.run(async () => {
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        this.txOps ??= this.makeTx();
+        const out = await fn(this.txOps);
+        this.db.exec('COMMIT');
+        return out;
+      } catch (e) {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+        throw e;
+      }
+    });
+  }
+
+  private makeTx(): StoreTx {
+    const st = (sql: string) => this.st(sql);
+    const insertTask = st(
+      `INSERT OR IGNORE INTO tasks (${TASK_COLUMNS.join(', ')}) VALUES (${TASK_COLUMNS.map(() => '?').join(', ')})`,
+    );
+    const getTask = st('SELECT * FROM tasks WHERE id = ?');
+    const patchStatements = new Map<string, Statement>();
+
+    const tx: StoreTx = {
+      now: () => Date.now(),
+
+      async insertJobs(rows: JobRow[]) {
+        const s = st(
+          'INSERT INTO jobs (id, namespace, type, root_task_id, state, created_at, settled_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        );
+        for (const r of rows)
+          s.run(r.id, r.namespace, r.type, r.root_task_id, r.state, r.created_at, r.settled_at);
+      },
+
+      async getJobs(ids: string[]) {
+        const s = st('SELECT * FROM jobs WHERE id = ?');
+        const out: JobRow[] = [];
+        for (const id of ids) {
+          const r = s.get(id) as JobRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
+      async updateJobs(patches) {
+        const s = st('UPDATE jobs SET state = ?, settled_at = ? WHERE id = ?');
+        for (const p of patches) s.run(p.state, p.settled_at, p.id);
+      },
+
+      async insertTasks(rows: TaskRow[]) {
+        const inserted = new Set<string>();
+        for (const r of rows) {
+          const info = insertTask.run(...TASK_COLUMNS.map((c) => r[c]));
+          if (info.changes === 1) inserted.add(r.id);
+        }
+        return inserted;
+      },
+
+      async getTasks(ids: string[]) {
+        const out: TaskRow[] = [];
+        for (const id of ids) {
+          const r = getTask.get(id) as TaskRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
+      async updateTasks(patches: TaskPatch[]) {
+        for (const p of patches) {
+          const cols = Object.keys(p).filter((k) => k !== 'id');
+          if (cols.length === 0) continue;
+          const sig = cols.join(',');
+          let s = patchStatements.get(sig);
+          if (!s) {
+            s = st(`UPDATE tasks SET ${cols.map((c) => `${c} = ?`).join(', ')} WHERE id = ?`);
+            patchStatements.set(sig, s);
+          }
+          const values = cols.map((c) => (p as Record<string, unknown>)[c]);
+          s.run(...values, p.id);
+        }
+      },
+
+      async findChildrenByKey(parentId: string, keys: string[]) {
+        const s = st('SELECT * FROM tasks WHERE parent_id = ? AND spawn_key = ?');
+        const out: TaskRow[] = [];
+        for (const k of keys) {
+          const r = s.get(parentId, k) as TaskRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
+      async findByDedupKey(jobId: string, keys: string[]) {
+        const s = st('SELECT * FROM tasks WHERE job_id = ? AND dedup_key = ?');
+        const out: TaskRow[] = [];
+        for (const k of keys) {
+          const r = s.get(jobId, k) as TaskRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
+      async children(parentId: string) {
+        return st('SELECT * FROM tasks WHERE parent_id = ? ORDER BY id').all(parentId) as TaskRow[];
+      },
+
+      async claimCandidates(q: ClaimQuery) {
+        if (q.excludeKeys.length === 0) {
+          return st(
+            `SELECT * FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
+             ORDER BY priority DESC, run_at, id LIMIT ?`,
+          ).all(q.namespace, q.type, q.now, q.limit) as TaskRow[];
+        }
+        return st(
+          `SELECT * FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
+             AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT value FROM json_each(?)))
+           ORDER BY priority DESC, run_at, id LIMIT ?`,
+        ).all(q.namespace, q.type, q.now, JSON.stringify(q.excludeKeys), q.limit) as TaskRow[];
+      },
+
+      async nextRunAt(namespace: string, types: string[]) {
+        let best: number | null = null;
+        const s = st(
+          `SELECT min(run_at) AS t FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued'`,
+        );
+        for (const t of types) {
+          const r = s.get(namespace, t) as { t: number | null };
+          if (r.t !== null && (best === null || r.t < best)) best = r.t;
+        }
+        return best;
+      },
+
+      async expiredLeases(now: number, limit: number) {
+        return st(
+          `SELECT * FROM tasks WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?`,
+        ).all(now, limit) as TaskRow[];
+      },
+
+      async unsettledSubtree(rootId: string) {
+        return st(
+          `WITH RECURSIVE sub(id) AS (
+             SELECT id FROM tasks WHERE id = ?
+             UNION ALL
+             SELECT t.id FROM tasks t JOIN sub ON t.parent_id = sub.id
+           )
+           SELECT t.* FROM tasks t JOIN sub ON t.id = sub.id
+           WHERE t.state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')`,
+        ).all(rootId) as TaskRow[];
+      },
+
+      async insertDeps(rows: DepRow[]) {
+        const s = st('INSERT OR IGNORE INTO task_deps (job_id, depends_on, task_id) VALUES (?, ?, ?)');
+        for (const r of rows) s.run(r.job_id, r.depends_on, r.task_id);
+      },
+
+      async dependents(jobId: string, ids: string[]) {
+        const s = st('SELECT * FROM task_deps WHERE job_id = ? AND depends_on = ?');
+        const out: DepRow[] = [];
+        for (const id of ids) out.push(...(s.all(jobId, id) as DepRow[]));
+        return out;
+      },
+
+      async insertAttempts(rows: AttemptRow[]) {
+        const s = st(
+          'INSERT OR REPLACE INTO task_attempts (job_id, task_id, attempt, started_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?)',
+        );
+        for (const r of rows) s.run(r.job_id, r.task_id, r.attempt, r.started_at, r.finished_at, r.error);
+      },
+
+      async getStep(taskId: string, name: string) {
+        const r = st('SELECT value FROM task_steps WHERE task_id = ? AND name = ?').get(taskId, name) as
+          | { value: string }
+          | undefined;
+        return r?.value;
+      },
+
+      async putStep(jobId: string, taskId: string, name: string, value: string) {
+        st('INSERT OR REPLACE INTO task_steps (job_id, task_id, name, value) VALUES (?, ?, ?, ?)').run(
+          jobId,
+          taskId,
+          name,
+          value,
+        );
+      },
+
+      async getSlots(namespace: string) {
+        return st('SELECT * FROM slots WHERE namespace = ?').all(namespace) as SlotRow[];
+      },
+
+      async setSlotMax(namespace: string, key: string, max: number) {
+        st(
+          `INSERT INTO slots (namespace, key, max, running) VALUES (?, ?, ?, 0)
+           ON CONFLICT (namespace, key) DO UPDATE SET max = excluded.max`,
+        ).run(namespace, key, max);
+      },
+
+      async adjustSlots(namespace: string, deltas: Map<string, number>) {
+        const s = st('UPDATE slots SET running = max(0, running + ?) WHERE namespace = ? AND key = ?');
+        for (const [key, d] of deltas) if (d !== 0) s.run(d, namespace, key);
+      },
+
+      async upsertTypeConfigs(rows: TypeConfigRow[]) {
+        const s = st(
+          `INSERT INTO type_configs (namespace, type, max_attempts, backoff_ms, max_backoff_ms, timeout_ms, concurrency)
+           VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (namespace, type) DO UPDATE SET max_attempts = excluded.max_attempts,
+             backoff_ms = excluded.backoff_ms, max_backoff_ms = excluded.max_backoff_ms,
+             timeout_ms = excluded.timeout_ms, concurrency = excluded.concurrency`,
+        );
+        for (const r of rows)
+          s.run(
+            r.namespace,
+            r.type,
+            r.max_attempts,
+            r.backoff_ms,
+            r.max_backoff_ms,
+            r.timeout_ms,
+            r.concurrency,
+          );
+      },
+    };
+    return tx;
+  }
+
+  // ---- read-only queries: no mutex needed for a single statement, but keep ordering with writes.
+
+  private read<T>(fn: () => T): Promise<T> {
+    return this.mutex.run(async () => fn());
+  }
+
+  getJob(id: string) {
+    return this.read(() => this.st('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined);
+  }
+
+  jobCounts(jobId: string) {
+    return this.read(
+      () =>
+        this.st('SELECT state, count(*) AS n FROM tasks WHERE job_id = ? GROUP BY state').all(
+          jobId,
+        ) as Array<{
+          state: TaskState;
+          n: number;
+        }>,
+    );
+  }
+
+  listJobs(q: ListJobsQuery) {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.namespace !== undefined) {
+      where.push('namespace = ?');
+      args.push(q.namespace);
+    }
+    if (q.state) {
+      where.push('state = ?');
+      args.push(q.state);
+    }
+    if (q.type) {
+      where.push('type = ?');
+      args.push(q.type);
+    }
+    if (q.createdAfter !== undefined) {
+      where.push('created_at >= ?');
+      args.push(q.createdAfter);
+    }
+    if (q.createdBefore !== undefined) {
+      where.push('created_at < ?');
+      args.push(q.createdBefore);
+    }
+    if (q.before) {
+      where.push('id < ?');
+      args.push(q.before);
+    }
+    const sql = `SELECT * FROM jobs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+    return this.read(() => this.st(sql).all(...args, q.limit) as JobRow[]);
+  }
+
+  getTask(id: string) {
+    return this.read(() => this.st('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined);
+  }
+
+  attempts(taskId: string) {
+    return this.read(
+      () =>
+        this.st('SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt').all(taskId) as AttemptRow[],
+    );
+  }
+
+  taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage> {
+    return this.read(() => {
+      const rows = this.st('SELECT * FROM tasks WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?').all(
+        jobId,
+        after ?? '',
+        limit + 1,
+      ) as TaskRow[];
+      const more = rows.length > limit;
+      const tasks = more ? rows.slice(0, limit) : rows;
+      return { tasks, next: more ? tasks[tasks.length - 1]!.id : null };
+    });
+  }
+
+  typeConfigs(namespace: string) {
+    return this.read(
+      () => this.st('SELECT * FROM type_configs WHERE namespace = ?').all(namespace) as TypeConfigRow[],
+    );
+  }
+
+  queuedByType(namespace: string) {
+    return this.read(
+      () =>
+        this.st(
+          `SELECT type, count(*) AS n FROM tasks WHERE namespace = ? AND state = 'queued' GROUP BY type`,
+        ).all(namespace) as Array<{ type: string; n: number }>,
+    );
+  }
+
+  touchWorker(id: string, namespace: string, types: string[], now: number) {
+    return this.read(() => {
+      this.st(
+        `INSERT INTO workers (id, namespace, types, last_seen) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET types = excluded.types, last_seen = excluded.last_seen`,
+      ).run(id, namespace, JSON.stringify(types), now);
+    });
+  }
+
+  removeWorker(id: string) {
+    return this.read(() => {
+      this.st('DELETE FROM workers WHERE id = ?').run(id);
+    });
+  }
+
+  liveTypes(namespace: string, since: number) {
+    return this.read(() => {
+      const rows = this.st('SELECT types FROM workers WHERE namespace = ? AND last_seen >= ?').all(
+        namespace,
+        since,
+      ) as Array<{ types: string }>;
+      const set = new Set<string>();
+      for (const r of rows) for (const t of JSON.parse(r.types) as string[]) set.add(t);
+      return [...set].sort();
+    });
+  }
+
+  purgeJobs(before: number, limit: number) {
+    return this.transaction(async () => {
+      const ids = (
+        this.st(
+          `SELECT id FROM jobs WHERE settled_at IS NOT NULL AND settled_at < ? ORDER BY settled_at LIMIT ?`,
+        ).all(before, limit) as Array<{ id: string }>
+      ).map((r) => r.id);
+      for (const part of chunks(ids)) {
+        const list = JSON.stringify(part);
+        for (const table of ['tasks', 'task_deps', 'task_attempts', 'task_steps']) {
+          this.st(`DELETE FROM ${table} WHERE job_id IN (SELECT value FROM json_each(?))`).run(list);
+        }
+        this.st('DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))').run(list);
+      }
+      return ids.length;
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.mutex.run(async () => {
+      this.db.close();
+    });
+  }
+}

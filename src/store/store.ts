@@ -1,0 +1,192 @@
+/**
+ * The storage seam. The engine (src/engine) decides every state transition; a store only
+ * reads and writes rows, in batches, inside one transaction per engine operation.
+ * Every store must pass the conformance suite in test/conformance.
+ */
+import type { JobState, TaskState } from '../engine/types.js';
+
+/** A task row, as the engine reads and writes it. JSON columns hold serialised text. */
+export interface TaskRow {
+  id: string;
+  job_id: string;
+  namespace: string;
+  parent_id: string | null;
+  spawn_key: string | null;
+  dedup_key: string | null;
+  type: string;
+  payload: string | null;
+  state: TaskState;
+  priority: number;
+  run_at: number;
+  /** Current attempt number (1-based once claimed); resumes after a wait do not add one. */
+  attempt: number;
+  max_attempts: number | null;
+  backoff_ms: number | null;
+  max_backoff_ms: number | null;
+  timeout_ms: number | null;
+  /** Bumped on every claim; completions, heartbeats and spawns must present it (fencing). */
+  run_token: number;
+  lease_expires_at: number | null;
+  concurrency_key: string | null;
+  /** Bit 1: holds a slot of its type's limit; bit 2: holds a slot of its concurrency key. */
+  slots_held: number;
+  /** Children not yet settled. */
+  open_children: number;
+  /** 0: not waiting, 1: waiting for all children, 2: waiting for the children marked `awaited`. */
+  wait_mode: number;
+  /** In wait mode 2: awaited children not yet settled. */
+  wait_remaining: number;
+  /** 1 when the parent waits on this child in wait mode 2. */
+  awaited: number;
+  /** Failed children whose failure this task has not observed. */
+  unobserved_failures: number;
+  /** 1 once the parent has seen this (failed) task's outcome. */
+  observed: number;
+  ignore_failure: number;
+  /** Dependencies (`after`) not yet settled. */
+  deps_remaining: number;
+  run_regardless: number;
+  /** 1 once the handler has returned successfully (so a settle is pending on children only). */
+  handler_done: number;
+  result: string | null;
+  error: string | null;
+  progress: string | null;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  settled_at: number | null;
+}
+
+export interface JobRow {
+  id: string;
+  namespace: string;
+  type: string;
+  root_task_id: string;
+  state: JobState;
+  created_at: number;
+  settled_at: number | null;
+}
+
+export interface DepRow {
+  job_id: string;
+  task_id: string;
+  depends_on: string;
+}
+
+export interface AttemptRow {
+  job_id: string;
+  task_id: string;
+  attempt: number;
+  started_at: number;
+  finished_at: number;
+  error: string;
+}
+
+/** Per-type settings shared by every process: retry policy, timeout and concurrency limit. */
+export interface TypeConfigRow {
+  namespace: string;
+  type: string;
+  max_attempts: number | null;
+  backoff_ms: number | null;
+  max_backoff_ms: number | null;
+  timeout_ms: number | null;
+  concurrency: number | null;
+}
+
+/** A concurrency slot: `running` tasks currently hold it, at most `max`. */
+export interface SlotRow {
+  namespace: string;
+  key: string;
+  max: number;
+  running: number;
+}
+
+/** A patch of one task: the id and the columns to set. */
+export type TaskPatch = { id: string } & Partial<Omit<TaskRow, 'id'>>;
+
+export interface ClaimQuery {
+  namespace: string;
+  type: string;
+  now: number;
+  limit: number;
+  /** Concurrency keys that are full: tasks carrying them are not candidates. */
+  excludeKeys: string[];
+}
+
+export interface ListJobsQuery {
+  namespace?: string;
+  state?: JobState;
+  type?: string;
+  createdAfter?: number;
+  createdBefore?: number;
+  /** Page cursor: the last job id of the previous page (jobs are listed newest first). */
+  before?: string;
+  limit: number;
+}
+
+/** Operations that run inside one transaction. In Postgres, `getTasks` locks the rows. */
+export interface StoreTx {
+  now(): number;
+  insertJobs(rows: JobRow[]): Promise<void>;
+  getJobs(ids: string[]): Promise<JobRow[]>;
+  updateJobs(patches: Array<{ id: string; state: JobState; settled_at: number }>): Promise<void>;
+  /** Inserts rows whose spawn key and dedup key are free; returns the ids actually inserted. */
+  insertTasks(rows: TaskRow[]): Promise<Set<string>>;
+  getTasks(ids: string[]): Promise<TaskRow[]>;
+  updateTasks(patches: TaskPatch[]): Promise<void>;
+  findChildrenByKey(parentId: string, keys: string[]): Promise<TaskRow[]>;
+  findByDedupKey(jobId: string, keys: string[]): Promise<TaskRow[]>;
+  /** Children of a task in creation order; `awaitedOnly` restricts to wait-mode-2 children. */
+  children(parentId: string): Promise<TaskRow[]>;
+  /** Queued tasks of one type that are due, best first (priority, then run_at, then id). */
+  claimCandidates(q: ClaimQuery): Promise<TaskRow[]>;
+  /** Earliest run_at among queued tasks of these types, or null. */
+  nextRunAt(namespace: string, types: string[]): Promise<number | null>;
+  /** Running tasks whose lease expired before `now`. */
+  expiredLeases(now: number, limit: number): Promise<TaskRow[]>;
+  /** Unsettled tasks in the subtree rooted at `rootId` (the root included). */
+  unsettledSubtree(rootId: string): Promise<TaskRow[]>;
+  insertDeps(rows: DepRow[]): Promise<void>;
+  /** Dependency edges whose `depends_on` is one of `ids`. */
+  dependents(jobId: string, ids: string[]): Promise<DepRow[]>;
+  insertAttempts(rows: AttemptRow[]): Promise<void>;
+  getStep(taskId: string, name: string): Promise<string | undefined>;
+  putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
+  getSlots(namespace: string): Promise<SlotRow[]>;
+  /** Upserts a slot's maximum (keeps its running count). */
+  setSlotMax(namespace: string, key: string, max: number): Promise<void>;
+  adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void>;
+  upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void>;
+}
+
+export interface TaskPage {
+  tasks: TaskRow[];
+  /** Pass as `after` for the next page; null at the end. */
+  next: string | null;
+}
+
+/** A store: transactions plus read-only queries. */
+export interface Store {
+  readonly kind: 'sqlite' | 'postgres';
+  /** Applies migrations; safe to call on every start. */
+  migrate(): Promise<void>;
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  getJob(id: string): Promise<JobRow | undefined>;
+  jobCounts(jobId: string): Promise<Array<{ state: TaskState; n: number }>>;
+  listJobs(q: ListJobsQuery): Promise<JobRow[]>;
+  getTask(id: string): Promise<TaskRow | undefined>;
+  attempts(taskId: string): Promise<AttemptRow[]>;
+  /** A job's tasks in creation order, `limit` at a time. */
+  taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage>;
+  typeConfigs(namespace: string): Promise<TypeConfigRow[]>;
+  /** Queued task counts by type. */
+  queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>>;
+  /** Records that a worker serving `types` is alive. */
+  touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void>;
+  removeWorker(id: string): Promise<void>;
+  /** Types served by a worker seen since `since`. */
+  liveTypes(namespace: string, since: number): Promise<string[]>;
+  /** Deletes up to `limit` settled jobs settled before `before`, with all their rows; returns the count. */
+  purgeJobs(before: number, limit: number): Promise<number>;
+  close(): Promise<void>;
+}
