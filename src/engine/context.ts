@@ -31,8 +31,6 @@ export type ChildSpec<M extends TaskMap, K extends keyof M & string = keyof M & 
 }[K];
 
 export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
-  /** Fires when the task is cancelled, times out, or its lease is lost. */
-  readonly signal: AbortSignal;
   private spawnSeq = 0;
   /** Set once the handler suspended: whatever it does afterwards is ignored. */
   suspended = false;
@@ -41,9 +39,12 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
     private readonly engine: Engine,
     readonly task: TaskMeta<P>,
     private readonly token: number,
-    signal: AbortSignal,
-  ) {
-    this.signal = signal;
+    private readonly abort: { readonly signal: AbortSignal },
+  ) {}
+
+  /** Fires when the task is cancelled, times out, or its lease is lost. */
+  get signal(): AbortSignal {
+    return this.abort.signal;
   }
 
   private get ref() {

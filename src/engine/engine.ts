@@ -8,7 +8,19 @@
  * (or resumes) when its counter reaches zero. Nothing ever scans a tree to decide this.
  */
 
-import type { JobRow, Store, StoreTx, TaskPatch, TaskRow, TypeConfigRow } from '../store/store.js';
+import type {
+  ClaimRow,
+  CompletedRow,
+  JobRow,
+  OutcomeRow,
+  SettleRow,
+  Store,
+  StoreTx,
+  TaskCore,
+  TaskPatch,
+  TaskRow,
+  TypeConfigRow,
+} from '../store/store.js';
 import { NotFoundError, StaleAttemptError, ValidationError } from './errors.js';
 import { newId } from './ids.js';
 import {
@@ -44,7 +56,7 @@ export interface SpawnSpec {
 
 /** A task handed to a worker by `claim`. */
 export interface ClaimedTask {
-  row: TaskRow;
+  row: ClaimRow;
   token: number;
 }
 
@@ -70,7 +82,7 @@ class Batch {
     readonly wantEvents: boolean,
   ) {}
 
-  taskEvent(row: TaskRow, state: TaskState): void {
+  taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState): void {
     if (this.wantEvents)
       this.events.push({
         kind: 'task',
@@ -115,7 +127,10 @@ export function toJson(value: unknown, what: string): string | null {
   }
 }
 
-function outcomeOf(row: TaskRow): Outcome {
+/** What a dependency check needs of a task. */
+type DepInfo = Pick<TaskCore, 'id' | 'job_id' | 'type' | 'state'>;
+
+function outcomeOf(row: OutcomeRow): Outcome {
   if (row.state === 'succeeded') return { taskId: row.id, state: 'succeeded', result: parseJson(row.result) };
   const error = (parseJson(row.error) as TaskError | null) ?? { name: 'Error', message: row.state };
   return { taskId: row.id, state: row.state as 'failed' | 'cancelled' | 'skipped', error };
@@ -332,7 +347,7 @@ export class Engine {
           : [],
       );
       const fresh: Array<{ row: TaskRow; spec: SpawnSpec; index: number }> = [];
-      const byKey = new Map<string, TaskRow>();
+      const byKey = new Map<string, DepInfo>();
       const seenDedup = new Map<string, TaskRow>();
       specs.forEach((spec, i) => {
         const key = keys[i]!;
@@ -376,7 +391,7 @@ export class Engine {
         }
         deps.push({ row: f.row, on });
       }
-      const depRows = new Map<string, TaskRow>();
+      const depRows = new Map<string, DepInfo>();
       const freshIds = new Map(fresh.map((f) => [f.row.id, f.row]));
       const unknown = [...depIds].filter((id) => !freshIds.has(id));
       for (const r of unknown.length ? await tx.getTasks(unknown) : []) depRows.set(r.id, r);
@@ -384,7 +399,7 @@ export class Engine {
       const skipNow: Array<{ row: TaskRow; error: TaskError }> = [];
       for (const d of deps) {
         let remaining = 0;
-        let failedDep: TaskRow | undefined;
+        let failedDep: DepInfo | undefined;
         for (const id of d.on) {
           const dep = depRows.get(id);
           if (!dep || dep.job_id !== parent.job_id) {
@@ -453,27 +468,39 @@ export class Engine {
       const slots = await tx.getSlots(namespace);
       const free = new Map<string, number>();
       for (const s of slots) free.set(s.key, s.max - s.running);
-      const fullKeys = slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key);
-      let candidates: TaskRow[] = [];
+      const withKeys = slots.some((s) => s.key.startsWith('key:'));
+      const fullKeys = withKeys
+        ? slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key)
+        : [];
+      let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
       for (const type of types) {
-        if ((free.get(typeSlot(type)) ?? 1) <= 0) continue;
-        const rows = await tx.claimCandidates({ namespace, type, now: b.now, limit, excludeKeys: fullKeys });
+        const want = Math.min(limit, free.get(typeSlot(type)) ?? limit);
+        if (want <= 0) continue;
+        const rows = await tx.claimCandidates({
+          namespace,
+          type,
+          now: b.now,
+          limit: want,
+          excludeKeys: fullKeys,
+          withKeys,
+        });
         candidates = candidates.length ? candidates.concat(rows) : rows;
       }
       if (types.length > 1)
         candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
-      const claimed: ClaimedTask[] = [];
-      const patches: TaskPatch[] = [];
-      for (const row of candidates) {
-        if (claimed.length >= limit) break;
+      // Choose within the free slots of each type and key; the rest stay queued.
+      const ids: string[] = [];
+      const slotsHeld: Record<string, number> = {};
+      for (const c of candidates) {
+        if (ids.length >= limit) break;
         let held = 0;
-        const ts = typeSlot(row.type);
+        const ts = typeSlot(c.type);
         const tFree = free.get(ts);
         if (tFree !== undefined) {
           if (tFree <= 0) continue;
           held |= SLOT_TYPE;
         }
-        const kFree = row.concurrency_key !== null ? free.get(row.concurrency_key) : undefined;
+        const kFree = c.concurrency_key !== null ? free.get(c.concurrency_key) : undefined;
         if (kFree !== undefined) {
           if (kFree <= 0) continue;
           held |= SLOT_KEY;
@@ -483,31 +510,32 @@ export class Engine {
           b.slot(namespace, ts, 1);
         }
         if (held & SLOT_KEY) {
-          free.set(row.concurrency_key!, kFree! - 1);
-          b.slot(namespace, row.concurrency_key!, 1);
+          free.set(c.concurrency_key!, kFree! - 1);
+          b.slot(namespace, c.concurrency_key!, 1);
         }
-        const timeout = row.timeout_ms ?? this.typeConfig(namespace, row.type)?.timeout_ms ?? null;
-        row.state = 'running';
-        row.attempt = Math.max(row.attempt, 1);
-        row.run_token += 1;
-        row.started_at = b.now;
-        row.slots_held = held;
-        row.lease_expires_at = this.leaseUntil(b.now, b.now, timeout, leaseMs);
-        row.timeout_ms = timeout;
-        patches.push({
-          id: row.id,
-          state: 'running',
-          attempt: row.attempt,
-          run_token: row.run_token,
-          started_at: row.started_at,
-          slots_held: held,
-          lease_expires_at: row.lease_expires_at,
-        });
-        claimed.push({ row, token: row.run_token });
-        b.taskEvent(row, 'running');
+        if (held) slotsHeld[c.id] = held;
+        ids.push(c.id);
       }
-      await tx.updateTasks(patches);
-      return claimed;
+      if (!ids.length) return [];
+      const typeTimeouts: Record<string, number> = {};
+      for (const type of types) {
+        const t = this.typeConfig(namespace, type)?.timeout_ms;
+        if (t != null) typeTimeouts[type] = t;
+      }
+      const rows = await tx.claimByIds({
+        ids,
+        now: b.now,
+        leaseMs,
+        graceMs: DEFAULTS.timeoutGraceMs,
+        typeTimeouts,
+        slotsHeld,
+      });
+      if (types.length > 1 || rows.length > 1) {
+        const order = new Map(ids.map((id, i) => [id, i]));
+        rows.sort((x, y) => order.get(x.id)! - order.get(y.id)!);
+      }
+      for (const row of rows) b.taskEvent(row, 'running');
+      return rows.map((row) => ({ row, token: row.run_token }));
     });
   }
 
@@ -522,7 +550,7 @@ export class Engine {
     return Math.min(lease, startedAt + timeoutMs + DEFAULTS.timeoutGraceMs);
   }
 
-  private async getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskRow> {
+  private async getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskCore> {
     const [row] = await tx.getTasks([ref.id]);
     if (!row) throw new NotFoundError(`task ${ref.id} not found`);
     if (row.state !== 'running' || row.run_token !== ref.token)
@@ -533,10 +561,10 @@ export class Engine {
   }
 
   /** Loads the tasks that are still held by the given attempts; the others are stale. */
-  private async heldRows(tx: StoreTx, refs: AttemptRef[]): Promise<Map<string, TaskRow>> {
+  private async heldRows(tx: StoreTx, refs: AttemptRef[]): Promise<Map<string, TaskCore>> {
     const rows = await tx.getTasks(refs.map((r) => r.id));
     const byId = new Map(rows.map((r) => [r.id, r]));
-    const held = new Map<string, TaskRow>();
+    const held = new Map<string, TaskCore>();
     for (const ref of refs) {
       const r = byId.get(ref.id);
       if (r && r.state === 'running' && r.run_token === ref.token) held.set(r.id, r);
@@ -544,7 +572,12 @@ export class Engine {
     return held;
   }
 
-  private releaseSlots(b: Batch, row: TaskRow): void {
+  /** Gives back the concurrency slots a running task holds (its slot bits mean nothing otherwise). */
+  private releaseSlots(
+    b: Batch,
+    row: Pick<TaskCore, 'state' | 'namespace' | 'type' | 'slots_held' | 'concurrency_key'>,
+  ): void {
+    if (row.state !== 'running') return;
     if (row.slots_held & SLOT_TYPE) b.slot(row.namespace, typeSlot(row.type), -1);
     if (row.slots_held & SLOT_KEY && row.concurrency_key) b.slot(row.namespace, row.concurrency_key, -1);
     row.slots_held = 0;
@@ -558,41 +591,36 @@ export class Engine {
    * the attempt still held the task (false: stale, nothing changed).
    */
   async complete(items: Array<AttemptRef & { result: unknown }>): Promise<boolean[]> {
-    const results = items.map((i) => toJson(i.result, `result of task ${i.id}`));
+    const seen = new Set<string>();
+    const unique = items.filter((i) => !seen.has(i.id) && seen.add(i.id));
+    const results = unique.map((i) => ({
+      id: i.id,
+      token: i.token,
+      result: toJson(i.result, `result of task ${i.id}`),
+    }));
     return this.run(async (tx, b) => {
-      const held = await this.heldRows(tx, items);
+      // One guarded statement per task moves it to succeeded or completing; stale attempts match nothing.
+      const done = await tx.completeRunning(results, b.now);
+      const ok = new Set<string>();
       const toSettle: Settling[] = [];
-      const patches: TaskPatch[] = [];
-      const ok = items.map((item, i) => {
-        const row = held.get(item.id);
-        if (!row) return false;
-        held.delete(item.id); // the same token twice in one batch counts once
-        this.releaseSlots(b, row);
-        row.result = results[i]!;
-        row.finished_at = b.now;
-        row.handler_done = 1;
-        row.lease_expires_at = null;
-        if (row.open_children === 0) {
-          toSettle.push(this.settledByChildren(row));
+      for (const row of done) {
+        ok.add(row.id);
+        this.releaseSlots(b, { ...row, state: 'running' });
+        if (row.state === 'succeeded') {
+          toSettle.push({ row, state: 'succeeded', written: true });
+        } else if (row.open_children === 0) {
+          toSettle.push(this.settledByChildren(row)); // an unobserved child failure
         } else {
-          row.state = 'completing';
-          patches.push({
-            id: row.id,
-            state: 'completing',
-            result: row.result,
-            finished_at: b.now,
-            handler_done: 1,
-            lease_expires_at: null,
-            slots_held: 0,
-            wait_mode: 0,
-          });
           b.taskEvent(row, 'completing');
         }
+      }
+      await this.settle(tx, b, toSettle);
+      const reported = new Set<string>();
+      return items.map((i) => {
+        if (!ok.has(i.id) || reported.has(i.id)) return false; // the same attempt twice counts once
+        reported.add(i.id);
         return true;
       });
-      await tx.updateTasks(patches);
-      await this.settle(tx, b, toSettle, true);
-      return ok;
     });
   }
 
@@ -604,7 +632,7 @@ export class Engine {
   async fail(items: Array<AttemptRef & { error: TaskError }>): Promise<boolean[]> {
     return this.run(async (tx, b) => {
       const held = await this.heldRows(tx, items);
-      const failing: Array<{ row: TaskRow; error: TaskError }> = [];
+      const failing: Array<{ row: TaskCore; error: TaskError }> = [];
       const ok = items.map((item) => {
         const row = held.get(item.id);
         if (!row) return false;
@@ -617,7 +645,7 @@ export class Engine {
     });
   }
 
-  private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskRow; error: TaskError }>) {
+  private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskCore; error: TaskError }>) {
     await tx.insertAttempts(
       failing.map(({ row, error }) => ({
         job_id: row.job_id,
@@ -711,24 +739,33 @@ export class Engine {
   async wait(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
     return this.run(async (tx, b) => {
       const row = await this.getRunning(tx, ref);
-      let children: TaskRow[];
+      let children: OutcomeRow[];
+      // Waiting on every child needs no per-child mark: the parent's open_children says it all.
+      let all = spec.all;
       if (spec.all) {
         children = await tx.children(row.id);
       } else {
-        const got = new Map((await tx.getTasks(spec.ids)).map((r) => [r.id, r]));
+        const ids = [...new Set(spec.ids)];
+        // A big set is read with one range scan over the children rather than a lookup per id.
+        const scanned = ids.length > 64 ? await tx.children(row.id) : undefined;
+        const got = new Map((scanned ?? (await tx.outcomes(ids))).map((r) => [r.id, r]));
         children = spec.ids.map((id, i) => {
           const c = got.get(id);
-          if (!c) throw new ValidationError(`wait: task ${id} (item ${i}) not found`);
-          if (c.parent_id !== row.id)
+          if (!c || c.parent_id !== row.id)
             throw new ValidationError(
-              `wait: task ${id} (item ${i}) is not a child of task ${row.id}; only children can be awaited (a dedup key may have returned another parent's task)`,
+              c
+                ? `wait: task ${id} (item ${i}) is not a child of task ${row.id}; only children can be awaited (a dedup key may have returned another parent's task)`
+                : `wait: task ${id} (item ${i}) is not a child of task ${row.id}`,
             );
           return c;
         });
+        all = scanned !== undefined && ids.length === scanned.length;
       }
       const open = children.filter((c) => !isSettled(c.state));
       if (open.length === 0) {
-        const seen = children.filter((c) => c.state === 'failed' && !c.observed && !c.ignore_failure);
+        const seen = [
+          ...new Set(children.filter((c) => c.state === 'failed' && !c.observed && !c.ignore_failure)),
+        ];
         if (seen.length) {
           await tx.updateTasks([
             ...seen.map((c) => ({ id: c.id, observed: 1 })),
@@ -738,18 +775,19 @@ export class Engine {
         return { suspended: false, outcomes: children.map(outcomeOf) };
       }
       this.releaseSlots(b, row);
-      if (!spec.all) await tx.updateTasks(open.map((c) => ({ id: c.id, awaited: 1 })));
+      const openIds = [...new Set(open.map((c) => c.id))];
+      if (!all) await tx.updateTasks(openIds.map((id) => ({ id, awaited: 1 })));
       await tx.updateTasks([
         {
           id: row.id,
           state: 'waiting',
-          wait_mode: spec.all ? 1 : 2,
-          wait_remaining: spec.all ? 0 : open.length,
+          wait_mode: all ? 1 : 2,
+          wait_remaining: all ? 0 : openIds.length,
           lease_expires_at: null,
           slots_held: 0,
         },
       ]);
-      b.taskEvent(row, 'waiting');
+      b.taskEvent({ id: row.id, job_id: row.job_id, type: row.type }, 'waiting');
       return { suspended: true };
     });
   }
@@ -815,7 +853,7 @@ export class Engine {
   private async terminate(
     tx: StoreTx,
     b: Batch,
-    row: TaskRow,
+    row: TaskCore,
     state: 'failed' | 'cancelled',
     error: TaskError,
   ) {
@@ -829,7 +867,6 @@ export class Engine {
         if (d.state === 'running') b.cancelledRunning.push(d.id);
         this.releaseSlots(b, d);
         d.state = 'cancelled';
-        d.error = json;
         b.taskEvent(d, 'cancelled');
       }
       await tx.updateTasks(
@@ -847,16 +884,14 @@ export class Engine {
       // counters need no update; only tasks elsewhere that depend on them are affected.
       skipped = await this.releaseDependents(tx, b, descendants);
     }
-    const self = subtree.find((r) => r.id === row.id) ?? row;
-    if (self.state === 'running' && state === 'cancelled') b.cancelledRunning.push(self.id);
-    self.slots_held = row.slots_held;
-    this.releaseSlots(b, self);
-    self.open_children = 0;
-    await this.settle(tx, b, [{ row: self, state, error }, ...skipped]);
+    // The caller may already have released the task's slots (a failing attempt): `row` says.
+    if (row.state === 'running' && state === 'cancelled') b.cancelledRunning.push(row.id);
+    this.releaseSlots(b, row);
+    await this.settle(tx, b, [{ row, state, error }, ...skipped]);
   }
 
   /** A task whose handler is done and whose children have all settled: its final state. */
-  private settledByChildren(row: TaskRow): Settling {
+  private settledByChildren(row: SettleRow & Pick<TaskCore, 'unobserved_failures'>): Settling {
     return row.unobserved_failures > 0
       ? { row, state: 'failed', error: undefined }
       : { row, state: 'succeeded' };
@@ -867,7 +902,7 @@ export class Engine {
    * parents' counters once per parent, resumes waiting parents, settles completing ones,
    * and releases or skips dependents. Waves repeat for the tasks that settled in turn.
    */
-  private async settle(tx: StoreTx, b: Batch, wave: Settling[], withResult = false): Promise<void> {
+  private async settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<void> {
     while (wave.length) {
       const next: Settling[] = [];
       const patches: TaskPatch[] = [];
@@ -876,25 +911,18 @@ export class Engine {
         const { row } = s;
         if (s.state === 'failed' && s.error === undefined) s.error = await this.childFailureError(tx, row);
         row.state = s.state;
-        const patch: TaskPatch = {
-          id: row.id,
-          state: s.state,
-          settled_at: b.now,
-          lease_expires_at: null,
-          slots_held: 0,
-          open_children: 0,
-          wait_mode: 0,
-        };
-        if (s.error) {
-          row.error = errorJson(s.error);
-          patch.error = row.error;
+        if (!s.written) {
+          const patch: TaskPatch = {
+            id: row.id,
+            state: s.state,
+            settled_at: b.now,
+            lease_expires_at: null,
+            open_children: 0,
+            wait_mode: 0,
+          };
+          if (s.error) patch.error = errorJson(s.error);
+          patches.push(patch);
         }
-        if (withResult) {
-          patch.result = row.result;
-          patch.finished_at = row.finished_at;
-          patch.handler_done = row.handler_done;
-        }
-        patches.push(patch);
         b.taskEvent(row, s.state);
         if (row.parent_id === null) {
           const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
@@ -904,7 +932,6 @@ export class Engine {
       }
       await tx.updateTasks(patches);
       if (jobs.length) await tx.updateJobs(jobs);
-      withResult = false;
 
       // Parents: one read and one write per parent per wave, however many children settled.
       const perParent = new Map<string, { open: number; awaited: number; failures: number }>();
@@ -965,8 +992,8 @@ export class Engine {
   }
 
   /** Dependents of settled tasks: released when their last dependency succeeds, else skipped. */
-  private async releaseDependents(tx: StoreTx, b: Batch, settled: TaskRow[]): Promise<Settling[]> {
-    const byJob = new Map<string, TaskRow[]>();
+  private async releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[]): Promise<Settling[]> {
+    const byJob = new Map<string, DepInfo[]>();
     for (const r of settled) {
       const list = byJob.get(r.job_id);
       if (list) list.push(r);
@@ -1011,7 +1038,7 @@ export class Engine {
     return skipped;
   }
 
-  private async childFailureError(tx: StoreTx, row: TaskRow): Promise<TaskError> {
+  private async childFailureError(tx: StoreTx, row: { id: string }): Promise<TaskError> {
     const child = (await tx.children(row.id)).find(
       (c) => c.state === 'failed' && !c.observed && !c.ignore_failure,
     );
@@ -1027,13 +1054,15 @@ export class Engine {
 }
 
 interface Settling {
-  row: TaskRow;
+  row: SettleRow;
   state: 'succeeded' | 'failed' | 'cancelled' | 'skipped';
+  /** The row's own state change is already written (a guarded completion did it). */
+  written?: boolean;
   /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
   error?: TaskError | undefined;
 }
 
-function dependencyError(dep: TaskRow): TaskError {
+function dependencyError(dep: DepInfo): TaskError {
   return {
     name: 'DependencyFailed',
     message: `dependency ${dep.id} (${dep.type}) ${dep.state}`,

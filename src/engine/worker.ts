@@ -26,9 +26,32 @@ export interface WorkerOptions {
   leaseMs: number;
 }
 
+/**
+ * An AbortController made only when a handler reads `ctx.signal`: most handlers never do,
+ * and creating one per task is a measurable share of a no-op task's cost.
+ */
+export class LazyAbort {
+  private controller: AbortController | undefined;
+  private reason: unknown;
+  aborted = false;
+
+  get signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    if (this.aborted && !this.controller.signal.aborted) this.controller.abort(this.reason);
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
 interface Running {
   claimed: ClaimedTask;
-  controller: AbortController;
+  controller: LazyAbort;
   timer: NodeJS.Timeout | undefined;
   /** Set once an outcome has been queued, so a late one (after a timeout) is dropped. */
   done: boolean;
@@ -125,7 +148,7 @@ export class Worker {
   private runTask(claimed: ClaimedTask): void {
     const { row, token } = claimed;
     const handler = this.handlers.get(row.type)!;
-    const controller = new AbortController();
+    const controller = new LazyAbort();
     const entry: Running = { claimed, controller, timer: undefined, done: false };
     this.running.set(row.id, entry);
     if (row.timeout_ms !== null) {
@@ -149,7 +172,7 @@ export class Worker {
         payload,
       },
       token,
-      controller.signal,
+      controller,
     );
     let promise: Promise<unknown>;
     try {
@@ -175,7 +198,7 @@ export class Worker {
     entry.done = true;
     clearTimeout(entry.timer);
     const ref = { id: entry.claimed.row.id, token: entry.claimed.token };
-    if (entry.controller.signal.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
+    if (entry.controller.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
       // Cancelled or lease lost: the store rejects this attempt's outcome anyway.
       this.running.delete(ref.id);
       this.pump();

@@ -57,6 +57,52 @@ export interface TaskRow {
   settled_at: number | null;
 }
 
+/** A task row without its JSON texts (payload, result, error, progress): what transitions read. */
+export type TaskCore = Omit<TaskRow, 'payload' | 'result' | 'error' | 'progress'>;
+
+/** What the settle cascade needs of a task. */
+export type SettleRow = Pick<
+  TaskCore,
+  'id' | 'job_id' | 'namespace' | 'parent_id' | 'type' | 'state' | 'awaited' | 'ignore_failure' | 'observed'
+>;
+
+/** A task returned by a guarded completion, with the counters its settling needs. */
+export type CompletedRow = SettleRow &
+  Pick<TaskCore, 'slots_held' | 'concurrency_key' | 'open_children' | 'unobserved_failures'>;
+
+/** A child's outcome, for durable waits. */
+export type OutcomeRow = Pick<
+  TaskRow,
+  'id' | 'type' | 'parent_id' | 'spawn_key' | 'state' | 'result' | 'error' | 'observed' | 'ignore_failure'
+>;
+
+/** A task found by spawn key or dedup key. */
+export type KeyedRow = Pick<
+  TaskRow,
+  'id' | 'job_id' | 'type' | 'parent_id' | 'spawn_key' | 'dedup_key' | 'state'
+>;
+
+/** What a worker needs of a claimed task. */
+export type ClaimRow = Pick<
+  TaskRow,
+  | 'id'
+  | 'job_id'
+  | 'namespace'
+  | 'parent_id'
+  | 'type'
+  | 'payload'
+  | 'state'
+  | 'priority'
+  | 'run_at'
+  | 'attempt'
+  | 'run_token'
+  | 'timeout_ms'
+  | 'concurrency_key'
+  | 'slots_held'
+  | 'started_at'
+  | 'lease_expires_at'
+>;
+
 export interface JobRow {
   id: string;
   namespace: string;
@@ -111,6 +157,24 @@ export interface ClaimQuery {
   limit: number;
   /** Concurrency keys that are full: tasks carrying them are not candidates. */
   excludeKeys: string[];
+  /** False when no concurrency key has a limit: candidates need not carry their key. */
+  withKeys: boolean;
+}
+
+/** A queued task considered by a claim. */
+export type ClaimCandidate = Pick<TaskRow, 'id' | 'type' | 'priority' | 'run_at' | 'concurrency_key'>;
+
+/** Claims chosen tasks in one statement: running, token bumped, leased. */
+export interface ClaimByIdsQuery {
+  ids: string[];
+  now: number;
+  leaseMs: number;
+  /** Grace after a timeout before the lease expires. */
+  graceMs: number;
+  /** Default timeout per type (a task's own timeout wins). */
+  typeTimeouts: Record<string, number>;
+  /** Slot bits held per task id (absent: 0). */
+  slotsHeld: Record<string, number>;
 }
 
 export interface ListJobsQuery {
@@ -132,20 +196,33 @@ export interface StoreTx {
   updateJobs(patches: Array<{ id: string; state: JobState; settled_at: number }>): Promise<void>;
   /** Inserts rows whose spawn key and dedup key are free; returns the ids actually inserted. */
   insertTasks(rows: TaskRow[]): Promise<Set<string>>;
-  getTasks(ids: string[]): Promise<TaskRow[]>;
+  getTasks(ids: string[]): Promise<TaskCore[]>;
   updateTasks(patches: TaskPatch[]): Promise<void>;
-  findChildrenByKey(parentId: string, keys: string[]): Promise<TaskRow[]>;
-  findByDedupKey(jobId: string, keys: string[]): Promise<TaskRow[]>;
-  /** Children of a task in creation order; `awaitedOnly` restricts to wait-mode-2 children. */
-  children(parentId: string): Promise<TaskRow[]>;
+  findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]>;
+  findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]>;
+  /** Children of a task with their outcomes, in creation order. */
+  children(parentId: string): Promise<OutcomeRow[]>;
+  /** Tasks with their outcomes, by id. */
+  outcomes(ids: string[]): Promise<OutcomeRow[]>;
   /** Queued tasks of one type that are due, best first (priority, then run_at, then id). */
-  claimCandidates(q: ClaimQuery): Promise<TaskRow[]>;
+  claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]>;
+  /** Claims and leases the given tasks if still queued; returns those claimed. */
+  claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]>;
+  /**
+   * Guarded completion: for each item still running under its token, stores the result and
+   * moves it to `succeeded` (no open children and no unobserved failure) or `completing`.
+   * Returns the rows that matched.
+   */
+  completeRunning(
+    items: Array<{ id: string; token: number; result: string | null }>,
+    now: number,
+  ): Promise<CompletedRow[]>;
   /** Earliest run_at among queued tasks of these types, or null. */
   nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** Running tasks whose lease expired before `now`. */
-  expiredLeases(now: number, limit: number): Promise<TaskRow[]>;
+  expiredLeases(now: number, limit: number): Promise<TaskCore[]>;
   /** Unsettled tasks in the subtree rooted at `rootId` (the root included). */
-  unsettledSubtree(rootId: string): Promise<TaskRow[]>;
+  unsettledSubtree(rootId: string): Promise<TaskCore[]>;
   insertDeps(rows: DepRow[]): Promise<void>;
   /** Dependency edges whose `depends_on` is one of `ids`. */
   dependents(jobId: string, ids: string[]): Promise<DepRow[]>;

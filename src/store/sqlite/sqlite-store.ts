@@ -12,13 +12,20 @@ import Database from 'better-sqlite3';
 import type { TaskState } from '../../engine/types.js';
 import type {
   AttemptRow,
+  ClaimByIdsQuery,
+  ClaimCandidate,
   ClaimQuery,
+  ClaimRow,
+  CompletedRow,
   DepRow,
   JobRow,
+  KeyedRow,
   ListJobsQuery,
+  OutcomeRow,
   SlotRow,
   Store,
   StoreTx,
+  TaskCore,
   TaskPage,
   TaskPatch,
   TaskRow,
@@ -68,6 +75,16 @@ const TASK_COLUMNS = [
   'settled_at',
 ] as const satisfies ReadonlyArray<keyof TaskRow>;
 
+const CORE_COLUMNS = TASK_COLUMNS.filter(
+  (c) => c !== 'payload' && c !== 'result' && c !== 'error' && c !== 'progress',
+).join(', ');
+const OUTCOME_COLUMNS = 'id, type, parent_id, spawn_key, state, result, error, observed, ignore_failure';
+const KEYED_COLUMNS = 'id, job_id, type, parent_id, spawn_key, dedup_key, state';
+const CLAIM_COLUMNS =
+  'id, job_id, namespace, parent_id, type, payload, state, priority, run_at, attempt, run_token, timeout_ms, concurrency_key, slots_held, started_at, lease_expires_at';
+const COMPLETED_COLUMNS =
+  'id, job_id, namespace, parent_id, type, state, awaited, ignore_failure, observed, slots_held, concurrency_key, open_children, unobserved_failures';
+
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
 
@@ -101,6 +118,11 @@ export class SqliteStore implements Store {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
     this.db.pragma('busy_timeout = 10000');
+    // A task row and its index entries are touched several times in its life: keep the hot
+    // pages in memory (64 MiB page cache, memory-mapped reads) instead of SQLite's 2 MiB default.
+    this.db.pragma('cache_size = -65536');
+    this.db.pragma('mmap_size = 268435456');
+    this.db.pragma('temp_store = MEMORY');
   }
 
   /** A cached prepared statement. */
@@ -161,10 +183,11 @@ export class SqliteStore implements Store {
 
   private makeTx(): StoreTx {
     const st = (sql: string) => this.st(sql);
-    const insertTask = st(
-      `INSERT OR IGNORE INTO tasks (${TASK_COLUMNS.join(', ')}) VALUES (${TASK_COLUMNS.map(() => '?').join(', ')})`,
-    );
-    const getTask = st('SELECT * FROM tasks WHERE id = ?');
+    const rowPlaceholders = `(${TASK_COLUMNS.map(() => '?').join(', ')})`;
+    const insertInto = `INSERT OR IGNORE INTO tasks (${TASK_COLUMNS.join(', ')}) VALUES`;
+    const insert1 = st(`${insertInto} ${rowPlaceholders}`);
+    const insert100 = st(`${insertInto} ${Array(100).fill(rowPlaceholders).join(', ')} RETURNING id`);
+    const getTask = st(`SELECT ${CORE_COLUMNS} FROM tasks WHERE id = ?`);
     const patchStatements = new Map<string, Statement>();
 
     const tx: StoreTx = {
@@ -194,18 +217,26 @@ export class SqliteStore implements Store {
       },
 
       async insertTasks(rows: TaskRow[]) {
+        // Rows go 100 to a statement: binding is per value either way, but a multi-row
+        // INSERT saves most of the per-statement cost.
         const inserted = new Set<string>();
-        for (const r of rows) {
-          const info = insertTask.run(...TASK_COLUMNS.map((c) => r[c]));
-          if (info.changes === 1) inserted.add(r.id);
+        let i = 0;
+        for (; i + 100 <= rows.length; i += 100) {
+          const values: unknown[] = [];
+          for (const r of rows.slice(i, i + 100)) for (const c of TASK_COLUMNS) values.push(r[c]);
+          for (const r of insert100.all(values) as Array<{ id: string }>) inserted.add(r.id);
+        }
+        for (; i < rows.length; i++) {
+          const r = rows[i]!;
+          if (insert1.run(TASK_COLUMNS.map((c) => r[c])).changes === 1) inserted.add(r.id);
         }
         return inserted;
       },
 
       async getTasks(ids: string[]) {
-        const out: TaskRow[] = [];
+        const out: TaskCore[] = [];
         for (const id of ids) {
-          const r = getTask.get(id) as TaskRow | undefined;
+          const r = getTask.get(id) as TaskCore | undefined;
           if (r) out.push(r);
         }
         return out;
@@ -227,41 +258,106 @@ export class SqliteStore implements Store {
       },
 
       async findChildrenByKey(parentId: string, keys: string[]) {
-        const s = st('SELECT * FROM tasks WHERE parent_id = ? AND spawn_key = ?');
-        const out: TaskRow[] = [];
+        if (keys.length > 64) {
+          // Many keys (a re-run of a big fan-out): one range scan beats a lookup per key.
+          const want = new Set(keys);
+          return (
+            st(`SELECT ${KEYED_COLUMNS} FROM tasks WHERE parent_id = ?`).all(parentId) as KeyedRow[]
+          ).filter((r) => want.has(r.spawn_key!));
+        }
+        const s = st(`SELECT ${KEYED_COLUMNS} FROM tasks WHERE parent_id = ? AND spawn_key = ?`);
+        const out: KeyedRow[] = [];
         for (const k of keys) {
-          const r = s.get(parentId, k) as TaskRow | undefined;
+          const r = s.get(parentId, k) as KeyedRow | undefined;
           if (r) out.push(r);
         }
         return out;
       },
 
       async findByDedupKey(jobId: string, keys: string[]) {
-        const s = st('SELECT * FROM tasks WHERE job_id = ? AND dedup_key = ?');
-        const out: TaskRow[] = [];
+        const s = st(`SELECT ${KEYED_COLUMNS} FROM tasks WHERE job_id = ? AND dedup_key = ?`);
+        const out: KeyedRow[] = [];
         for (const k of keys) {
-          const r = s.get(jobId, k) as TaskRow | undefined;
+          const r = s.get(jobId, k) as KeyedRow | undefined;
           if (r) out.push(r);
         }
         return out;
       },
 
       async children(parentId: string) {
-        return st('SELECT * FROM tasks WHERE parent_id = ? ORDER BY id').all(parentId) as TaskRow[];
+        return st(`SELECT ${OUTCOME_COLUMNS} FROM tasks WHERE parent_id = ? ORDER BY id`).all(
+          parentId,
+        ) as OutcomeRow[];
+      },
+
+      async outcomes(ids: string[]) {
+        const s = st(`SELECT ${OUTCOME_COLUMNS} FROM tasks WHERE id = ?`);
+        const out: OutcomeRow[] = [];
+        for (const id of ids) {
+          const r = s.get(id) as OutcomeRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
+      async claimByIds(q: ClaimByIdsQuery) {
+        // The lease is capped by the attempt's timeout (plus grace), so a hung handler
+        // loses its task when its timeout passes even if its worker keeps heartbeating.
+        return st(
+          `UPDATE tasks SET state = 'running', attempt = max(attempt, 1), run_token = run_token + 1,
+             started_at = :now,
+             slots_held = coalesce((SELECT value FROM json_each(:held) WHERE key = tasks.id), 0),
+             timeout_ms = coalesce(timeout_ms, (SELECT value FROM json_each(:timeouts) WHERE key = tasks.type)),
+             lease_expires_at = :now + :lease
+           WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+           RETURNING ${CLAIM_COLUMNS}`,
+        )
+          .all({
+            now: q.now,
+            held: JSON.stringify(q.slotsHeld),
+            timeouts: JSON.stringify(q.typeTimeouts),
+            lease: q.leaseMs,
+            ids: JSON.stringify(q.ids),
+          })
+          .map((r) => {
+            const row = r as ClaimRow;
+            if (row.timeout_ms !== null)
+              row.lease_expires_at = Math.min(row.lease_expires_at!, q.now + row.timeout_ms + q.graceMs);
+            return row;
+          });
+      },
+
+      async completeRunning(items, now) {
+        const s = st(
+          `UPDATE tasks SET result = ?, finished_at = ?, handler_done = 1, lease_expires_at = NULL, wait_mode = 0,
+             state = CASE WHEN open_children = 0 AND unobserved_failures = 0 THEN 'succeeded' ELSE 'completing' END,
+             settled_at = CASE WHEN open_children = 0 AND unobserved_failures = 0 THEN ? ELSE NULL END
+           WHERE id = ? AND run_token = ? AND state = 'running'
+           RETURNING ${COMPLETED_COLUMNS}`,
+        );
+        const out: CompletedRow[] = [];
+        for (const it of items) {
+          const r = s.get(it.result, now, now, it.id, it.token) as CompletedRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
       },
 
       async claimCandidates(q: ClaimQuery) {
-        if (q.excludeKeys.length === 0) {
+        if (!q.withKeys) {
+          // Index-only: the claim index covers every column read here.
           return st(
-            `SELECT * FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
+            `SELECT id, type, priority, run_at, NULL AS concurrency_key FROM tasks
+             WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
              ORDER BY priority DESC, run_at, id LIMIT ?`,
-          ).all(q.namespace, q.type, q.now, q.limit) as TaskRow[];
+          ).all(q.namespace, q.type, q.now, q.limit) as ClaimCandidate[];
         }
         return st(
-          `SELECT * FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
+          `SELECT id, type, priority, run_at, concurrency_key FROM tasks
+           WHERE namespace = ? AND type = ? AND state = 'queued' AND run_at <= ?
              AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT value FROM json_each(?)))
            ORDER BY priority DESC, run_at, id LIMIT ?`,
-        ).all(q.namespace, q.type, q.now, JSON.stringify(q.excludeKeys), q.limit) as TaskRow[];
+        ).all(q.namespace, q.type, q.now, JSON.stringify(q.excludeKeys), q.limit) as ClaimCandidate[];
       },
 
       async nextRunAt(namespace: string, types: string[]) {
@@ -278,8 +374,8 @@ export class SqliteStore implements Store {
 
       async expiredLeases(now: number, limit: number) {
         return st(
-          `SELECT * FROM tasks WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?`,
-        ).all(now, limit) as TaskRow[];
+          `SELECT ${CORE_COLUMNS} FROM tasks WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?`,
+        ).all(now, limit) as TaskCore[];
       },
 
       async unsettledSubtree(rootId: string) {
@@ -289,9 +385,11 @@ export class SqliteStore implements Store {
              UNION ALL
              SELECT t.id FROM tasks t JOIN sub ON t.parent_id = sub.id
            )
-           SELECT t.* FROM tasks t JOIN sub ON t.id = sub.id
+           SELECT ${CORE_COLUMNS.split(', ')
+             .map((c) => `t.${c}`)
+             .join(', ')} FROM tasks t JOIN sub ON t.id = sub.id
            WHERE t.state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')`,
-        ).all(rootId) as TaskRow[];
+        ).all(rootId) as TaskCore[];
       },
 
       async insertDeps(rows: DepRow[]) {

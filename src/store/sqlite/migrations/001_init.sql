@@ -11,9 +11,10 @@ CREATE TABLE jobs (
   created_at   INTEGER NOT NULL,
   settled_at   INTEGER
 );
-CREATE INDEX jobs_by_state ON jobs (namespace, state, created_at);
-CREATE INDEX jobs_by_type ON jobs (namespace, type, created_at);
-CREATE INDEX jobs_by_created ON jobs (namespace, created_at);
+-- Job ids are UUIDv7, so ordering by id is ordering by creation time.
+CREATE INDEX jobs_by_state ON jobs (namespace, state, id);
+CREATE INDEX jobs_by_type ON jobs (namespace, type, id);
+CREATE INDEX jobs_by_namespace ON jobs (namespace, id);
 CREATE INDEX jobs_settled ON jobs (settled_at) WHERE settled_at IS NOT NULL;
 
 CREATE TABLE tasks (

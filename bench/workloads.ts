@@ -1,0 +1,148 @@
+/**
+ * Benchmark workloads. Each runs in a fresh process (see run.ts) on a fresh database and
+ * returns its figures; handlers are no-ops so the figures measure dynatask itself.
+ */
+import type { Dynatask } from '../src/index.js';
+
+export interface Figures {
+  tasks: number;
+  seconds: number;
+  /** Per-task enqueue-to-start latency samples, ms. */
+  latencies: number[];
+  extra?: Record<string, number>;
+}
+
+type Workload = (dt: Dynatask, size: number) => Promise<Figures>;
+
+/** Latency of each task: from its creation to its handler starting. */
+function recordStart(latencies: number[], createdAt: number) {
+  latencies.push(Date.now() - createdAt);
+}
+
+/** Polls every 5 ms until no job is running (as the peer benchmarks do). */
+async function settleAll(dt: Dynatask) {
+  while ((await dt.listJobs({ state: 'running', limit: 1 })).length > 0)
+    await new Promise((r) => setTimeout(r, 5));
+}
+
+/** N independent jobs of one task each: bulk enqueue, then process. */
+const flat: Workload = async (dt, n) => {
+  const latencies: number[] = [];
+  dt.handle('noop', async (ctx) => {
+    recordStart(latencies, (ctx.task.payload as { t: number }).t);
+    return null;
+  });
+  const t0 = performance.now();
+  const now = Date.now();
+  for (let i = 0; i < n; i += 1000) {
+    const batch = Array.from({ length: Math.min(1000, n - i) }, () => ({
+      type: 'noop',
+      payload: { t: now },
+    }));
+    await dt.submitMany(batch);
+  }
+  const enqueueS = (performance.now() - t0) / 1000;
+  latencies.length = 0;
+  const t1 = performance.now();
+  await dt.start();
+  await settleAll(dt);
+  const seconds = (performance.now() - t1) / 1000;
+  return { tasks: n, seconds, latencies, extra: { enqueue_s: enqueueS, enqueue_per_s: n / enqueueS } };
+};
+
+/** One parent spawns N children and waits for all of them. Timed from submit to job settled. */
+const fanout: Workload = async (dt, n) => {
+  const latencies: number[] = [];
+  dt.handle('parent', async (ctx, count) => {
+    const kids = await ctx.spawnMany(
+      Array.from({ length: count as number }, () => ({ type: 'child', payload: null })),
+    );
+    await ctx.waitAll(kids);
+    return count;
+  });
+  dt.handle('child', async () => null);
+  await dt.start();
+  const t0 = performance.now();
+  const job = await dt.submit('parent', n);
+  await job.result();
+  const seconds = (performance.now() - t0) / 1000;
+  return { tasks: n + 1, seconds, latencies: await startLatencies(dt, job.id) };
+};
+
+/** Fan-out `width` at each of `depth` levels below the root; every parent waits for its children. */
+const tree: Workload = async (dt, depth) => {
+  const width = 10;
+  dt.handle('node', async (ctx, level) => {
+    if ((level as number) >= depth) return 1;
+    const kids = await ctx.spawnMany(
+      Array.from({ length: width }, () => ({ type: 'node', payload: (level as number) + 1 })),
+    );
+    const counts = await ctx.waitAll<number>(kids);
+    return counts.reduce((a, b) => a + b, 1);
+  });
+  await dt.start();
+  const t0 = performance.now();
+  const job = await dt.submit('node', 0);
+  const total = (await job.result()) as number;
+  const seconds = (performance.now() - t0) / 1000;
+  return { tasks: total, seconds, latencies: await startLatencies(dt, job.id) };
+};
+
+/** A chain of `depth` tasks, each spawning the next and waiting for it. */
+const chain: Workload = async (dt, depth) => {
+  dt.handle('link', async (ctx, i) => {
+    if ((i as number) >= depth - 1) return 1;
+    const [next] = await ctx.spawnMany([{ type: 'link', payload: (i as number) + 1 }]);
+    const [n] = await ctx.waitAll<number>([next!]);
+    return n! + 1;
+  });
+  await dt.start();
+  const t0 = performance.now();
+  const job = await dt.submit('link', 0);
+  const total = (await job.result()) as number;
+  const seconds = (performance.now() - t0) / 1000;
+  return { tasks: total, seconds, latencies: await startLatencies(dt, job.id) };
+};
+
+/** Idle worker, single submissions 5 ms apart: submit call start to handler start. */
+const latency: Workload = async (dt, n) => {
+  const latencies: number[] = [];
+  let resolveStarted: (() => void) | undefined;
+  dt.handle('ping', async (ctx) => {
+    recordStart(latencies, 0);
+    latencies[latencies.length - 1] = performance.now() - (ctx.task.payload as { t: number }).t;
+    resolveStarted?.();
+    return null;
+  });
+  await dt.start({ pollMs: 1000 });
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const started = new Promise<void>((r) => (resolveStarted = r));
+    await dt.submit('ping', { t: performance.now() });
+    await started;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return { tasks: n, seconds: (performance.now() - t0) / 1000, latencies };
+};
+
+/** Enqueue-to-start latency of every task of a job, from the stored timings. */
+async function startLatencies(dt: Dynatask, jobId: string): Promise<number[]> {
+  const out: number[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const page = await dt.tree(jobId, { limit: 10_000, ...(after ? { after } : {}) });
+    for (const t of page.tasks) if (t.startedAt !== null) out.push(t.startedAt - t.createdAt);
+    if (!page.next) return out;
+    after = page.next;
+  }
+}
+
+export const WORKLOADS: Record<string, { run: Workload; size: number; describe: string }> = {
+  flat: { run: flat, size: 20_000, describe: '20k independent one-task jobs: bulk enqueue, then process' },
+  fanout: { run: fanout, size: 10_000, describe: 'one parent spawns 10k children and waits for them' },
+  tree: { run: tree, size: 4, describe: 'fan-out 10 at each of 4 levels (11,111 tasks), parents wait' },
+  chain: { run: chain, size: 1000, describe: 'chain of depth 1,000: each task spawns the next and waits' },
+  latency: { run: latency, size: 200, describe: 'idle worker, 200 single submits 5 ms apart' },
+};
+
+export { settleAll };
