@@ -11,9 +11,9 @@ export interface CommonOptions {
   json?: boolean;
 }
 
-/** `--database`, else $DYNATASK_DATABASE_URL, else the embedded default file (as `open` does). */
+/** `--database`, else $DYNATASK_DATABASE_URL (unless empty), else the embedded default file. */
 export function databaseOf(opts: CommonOptions): string {
-  return opts.database ?? process.env.DYNATASK_DATABASE_URL ?? DEFAULT_DATABASE;
+  return opts.database ?? (process.env.DYNATASK_DATABASE_URL || DEFAULT_DATABASE);
 }
 
 const isFile = (database: string) => database !== ':memory:' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(database);
