@@ -293,7 +293,7 @@ export class Dynatask<M extends TaskMap = TaskMap> {
     const row = await this.store.getTask(taskId);
     if (!row) throw new NotFoundError(`task ${taskId} not found`);
     const info = taskInfo(row);
-    info.attempts = (await this.store.attempts(taskId)).map((a) => ({
+    info.attempts = (await this.store.attempts(row.job_id, taskId)).map((a) => ({
       attempt: a.attempt,
       startedAt: a.started_at,
       finishedAt: a.finished_at,
@@ -354,8 +354,8 @@ export class Dynatask<M extends TaskMap = TaskMap> {
 
   /** Resolves when the job has settled (events from this process, with a poll for other processes). */
   async waitForJob(jobId: string, pollMs = 250): Promise<JobInfo> {
-    this.jobUnsub ??= this.engine.subscribe((e) => {
-      if (e.kind === 'job') for (const w of this.jobWaiters.get(e.jobId) ?? []) w();
+    this.jobUnsub ??= this.engine.onJobSettled((jobs) => {
+      for (const j of jobs) for (const w of this.jobWaiters.get(j.jobId) ?? []) w();
     });
     for (;;) {
       let wake!: () => void;

@@ -111,7 +111,7 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
    */
   async step<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
     this.throwIfSuspended();
-    const got = await this.engine.getStep(this.task.id, name);
+    const got = await this.engine.getStep(this.task.jobId, this.task.id, name);
     if (got.found) return got.value as T;
     const value = await fn();
     await this.engine.putStep(this.ref, name, value);

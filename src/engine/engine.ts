@@ -75,6 +75,8 @@ class Batch {
   readonly events: DynataskEvent[] = [];
   readonly readyTypes = new Set<string>();
   readonly slotDeltas = new Map<string, Map<string, number>>();
+  /** Jobs settled in this transaction: always collected (cheap), for `onJobSettled`. */
+  readonly jobsSettled: Array<{ jobId: string; state: JobState }> = [];
   /** Tasks that were running when they were cancelled: their local handlers are aborted. */
   readonly cancelledRunning: string[] = [];
   constructor(
@@ -171,6 +173,7 @@ export class Engine {
   private readonly listeners = new Set<(e: DynataskEvent) => void>();
   private readonly readyListeners = new Set<(types: Set<string>) => void>();
   private readonly cancelListeners = new Set<(taskIds: string[]) => void>();
+  private readonly jobListeners = new Set<(jobs: Array<{ jobId: string; state: JobState }>) => void>();
   private readonly typeConfigs = new Map<string, TypeConfigRow>();
 
   constructor(
@@ -194,6 +197,15 @@ export class Engine {
     return () => this.readyListeners.delete(listener);
   }
 
+  /**
+   * Called after a commit that settled jobs. Unlike `subscribe`, listening here costs the
+   * hot path nothing: task events are only built while someone subscribes to them.
+   */
+  onJobSettled(listener: (jobs: Array<{ jobId: string; state: JobState }>) => void): () => void {
+    this.jobListeners.add(listener);
+    return () => this.jobListeners.delete(listener);
+  }
+
   /** Called after a commit that cancelled running tasks, so local handlers abort at once. */
   onCancelled(listener: (taskIds: string[]) => void): () => void {
     this.cancelListeners.add(listener);
@@ -211,6 +223,7 @@ export class Engine {
     for (const e of batch.events) for (const l of this.listeners) l(e);
     if (batch.readyTypes.size > 0) for (const l of this.readyListeners) l(batch.readyTypes);
     if (batch.cancelledRunning.length > 0) for (const l of this.cancelListeners) l(batch.cancelledRunning);
+    if (batch.jobsSettled.length > 0) for (const l of this.jobListeners) l(batch.jobsSettled);
     return out;
   }
 
@@ -541,7 +554,7 @@ export class Engine {
 
   /** Earliest time a queued task of these types becomes due (for the worker's timer). */
   async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
-    return this.store.transaction((tx) => tx.nextRunAt(namespace, types));
+    return this.store.nextRunAt(namespace, types);
   }
 
   private leaseUntil(now: number, startedAt: number, timeoutMs: number | null, leaseMs: number): number {
@@ -811,8 +824,8 @@ export class Engine {
     });
   }
 
-  async getStep(taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
-    const v = await this.store.transaction((tx) => tx.getStep(taskId, name));
+  async getStep(jobId: string, taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
+    const v = await this.store.getStep(jobId, taskId, name);
     return v === undefined ? { found: false, value: undefined } : { found: true, value: parseJson(v) };
   }
 
@@ -927,6 +940,7 @@ export class Engine {
         if (row.parent_id === null) {
           const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
           jobs.push({ id: row.job_id, state: js, settled_at: b.now });
+          b.jobsSettled.push({ jobId: row.job_id, state: js });
           if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at: b.now });
         }
       }

@@ -217,8 +217,6 @@ export interface StoreTx {
     items: Array<{ id: string; token: number; result: string | null }>,
     now: number,
   ): Promise<CompletedRow[]>;
-  /** Earliest run_at among queued tasks of these types, or null. */
-  nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** Running tasks whose lease expired before `now`. */
   expiredLeases(now: number, limit: number): Promise<TaskCore[]>;
   /** Unsettled tasks in the subtree rooted at `rootId` (the root included). */
@@ -227,7 +225,6 @@ export interface StoreTx {
   /** Dependency edges whose `depends_on` is one of `ids`. */
   dependents(jobId: string, ids: string[]): Promise<DepRow[]>;
   insertAttempts(rows: AttemptRow[]): Promise<void>;
-  getStep(taskId: string, name: string): Promise<string | undefined>;
   putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
   getSlots(namespace: string): Promise<SlotRow[]>;
   /** Upserts a slot's maximum (keeps its running count). */
@@ -252,10 +249,14 @@ export interface Store {
   jobCounts(jobId: string): Promise<Array<{ state: TaskState; n: number }>>;
   listJobs(q: ListJobsQuery): Promise<JobRow[]>;
   getTask(id: string): Promise<TaskRow | undefined>;
-  attempts(taskId: string): Promise<AttemptRow[]>;
+  attempts(jobId: string, taskId: string): Promise<AttemptRow[]>;
   /** A job's tasks in creation order, `limit` at a time. */
   taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage>;
   typeConfigs(namespace: string): Promise<TypeConfigRow[]>;
+  /** Earliest run_at among queued tasks of these types, or null. */
+  nextRunAt(namespace: string, types: string[]): Promise<number | null>;
+  /** A memoised step's stored value (JSON), if any. */
+  getStep(jobId: string, taskId: string, name: string): Promise<string | undefined>;
   /** Queued task counts by type. */
   queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>>;
   /** Records that a worker serving `types` is alive. */

@@ -360,18 +360,6 @@ export class SqliteStore implements Store {
         ).all(q.namespace, q.type, q.now, JSON.stringify(q.excludeKeys), q.limit) as ClaimCandidate[];
       },
 
-      async nextRunAt(namespace: string, types: string[]) {
-        let best: number | null = null;
-        const s = st(
-          `SELECT min(run_at) AS t FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued'`,
-        );
-        for (const t of types) {
-          const r = s.get(namespace, t) as { t: number | null };
-          if (r.t !== null && (best === null || r.t < best)) best = r.t;
-        }
-        return best;
-      },
-
       async expiredLeases(now: number, limit: number) {
         return st(
           `SELECT ${CORE_COLUMNS} FROM tasks WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?`,
@@ -409,13 +397,6 @@ export class SqliteStore implements Store {
           'INSERT OR REPLACE INTO task_attempts (job_id, task_id, attempt, started_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?)',
         );
         for (const r of rows) s.run(r.job_id, r.task_id, r.attempt, r.started_at, r.finished_at, r.error);
-      },
-
-      async getStep(taskId: string, name: string) {
-        const r = st('SELECT value FROM task_steps WHERE task_id = ? AND name = ?').get(taskId, name) as
-          | { value: string }
-          | undefined;
-        return r?.value;
       },
 
       async putStep(jobId: string, taskId: string, name: string, value: string) {
@@ -523,10 +504,13 @@ export class SqliteStore implements Store {
     return this.read(() => this.st('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined);
   }
 
-  attempts(taskId: string) {
+  attempts(jobId: string, taskId: string) {
     return this.read(
       () =>
-        this.st('SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt').all(taskId) as AttemptRow[],
+        this.st('SELECT * FROM task_attempts WHERE job_id = ? AND task_id = ? ORDER BY attempt').all(
+          jobId,
+          taskId,
+        ) as AttemptRow[],
     );
   }
 
@@ -540,6 +524,31 @@ export class SqliteStore implements Store {
       const more = rows.length > limit;
       const tasks = more ? rows.slice(0, limit) : rows;
       return { tasks, next: more ? tasks[tasks.length - 1]!.id : null };
+    });
+  }
+
+  nextRunAt(namespace: string, types: string[]) {
+    return this.read(() => {
+      let best: number | null = null;
+      const s = this.st(
+        `SELECT min(run_at) AS t FROM tasks WHERE namespace = ? AND type = ? AND state = 'queued'`,
+      );
+      for (const t of types) {
+        const r = s.get(namespace, t) as { t: number | null };
+        if (r.t !== null && (best === null || r.t < best)) best = r.t;
+      }
+      return best;
+    });
+  }
+
+  getStep(jobId: string, taskId: string, name: string) {
+    return this.read(() => {
+      const r = this.st('SELECT value FROM task_steps WHERE job_id = ? AND task_id = ? AND name = ?').get(
+        jobId,
+        taskId,
+        name,
+      ) as { value: string } | undefined;
+      return r?.value;
     });
   }
 
