@@ -10,7 +10,6 @@
 
 import type {
   ClaimRow,
-  CompletedRow,
   JobRow,
   OutcomeRow,
   SettleRow,
@@ -1028,7 +1027,7 @@ export class Engine {
       for (const e of edges) {
         const t = dependents.get(e.task_id);
         const dep = byId.get(e.depends_on)!;
-        if (!t || t.state !== 'blocked') continue;
+        if (t?.state !== 'blocked') continue;
         if (dep.state === 'succeeded' || t.run_regardless) {
           t.deps_remaining = Math.max(0, t.deps_remaining - 1);
           const p = patches.get(t.id) ?? { id: t.id };
