@@ -52,7 +52,6 @@ const flat: Workload = async (dt, n) => {
 
 /** One parent spawns N children and waits for all of them. Timed from submit to job settled. */
 const fanout: Workload = async (dt, n) => {
-  const latencies: number[] = [];
   dt.handle('parent', async (ctx, count) => {
     const kids = await ctx.spawnMany(
       Array.from({ length: count as number }, () => ({ type: 'child', payload: null })),
