@@ -1,0 +1,105 @@
+/**
+ * 11. Dedup keys are unique within a job: spawning a second task with a key already
+ * taken returns the first task (from whichever parent spawned it), so a crawler fetches
+ * each URL once; other jobs have their own keys.
+ */
+import { describe, expect, it } from 'vitest';
+import type { TaskHandle } from '../../src/index.js';
+import { allTasks, type Harness, settled } from './harness.js';
+
+/** A small web with cycles and shared links. */
+const WEB: Record<string, string[]> = {
+  '/': ['/a', '/b', '/c'],
+  '/a': ['/', '/b', '/d'],
+  '/b': ['/c', '/d', '/a'],
+  '/c': ['/d', '/', '/e'],
+  '/d': ['/', '/a', '/e'],
+  '/e': ['/b'],
+};
+
+export function dedupTests(h: Harness): void {
+  describe('dedup keys', () => {
+    it('crawler: every URL is fetched once, however many pages link to it', async () => {
+      const dt = await h.open();
+      const fetched = new Map<string, number>();
+      dt.handle('crawl', async (ctx, seed) => {
+        await ctx.spawn('fetch', seed, { dedupKey: seed as string });
+        return 'crawled';
+      });
+      dt.handle('fetch', async (ctx, url) => {
+        const u = url as string;
+        fetched.set(u, (fetched.get(u) ?? 0) + 1);
+        await ctx.spawnMany(
+          WEB[u]!.map((link) => ({ type: 'fetch', payload: link, options: { dedupKey: link } })),
+        );
+        return u;
+      });
+      await dt.start();
+      const job = await dt.submit('crawl', '/');
+      const info = await settled(dt, job);
+      expect(info.state).toBe('succeeded');
+      const urls = Object.keys(WEB).sort();
+      expect([...fetched.keys()].sort()).toEqual(urls);
+      expect([...fetched.values()].every((n) => n === 1)).toBe(true);
+      const fetches = (await allTasks(dt, job.id)).filter((t) => t.type === 'fetch');
+      expect(fetches.map((t) => t.dedupKey).sort()).toEqual(urls);
+      expect(info.total).toBe(1 + urls.length);
+    });
+
+    it('the same dedup key returns the first task, within one call and from another parent', async () => {
+      const dt = await h.open();
+      const got: { batch: TaskHandle[]; byMid: TaskHandle[] } = { batch: [], byMid: [] };
+      const midIds: string[] = [];
+      dt.handle('root', async (ctx) => {
+        const batch = await ctx.spawnMany([
+          { type: 'leaf', payload: 1, options: { dedupKey: 'k' } },
+          { type: 'leaf', payload: 2, options: { dedupKey: 'k' } },
+        ]);
+        if (got.batch.length === 0) got.batch = batch; // the first run's (a re-run gets created: false)
+        const mids = await ctx.spawnMany([
+          { type: 'mid', payload: null },
+          { type: 'mid', payload: null },
+        ]);
+        midIds.push(...mids.map((m) => m.id));
+        await ctx.waitAll(mids);
+        return 'ok';
+      });
+      dt.handle('mid', async (ctx) => {
+        got.byMid.push(await ctx.spawn('leaf', 'shared', { dedupKey: 'shared' }));
+      });
+      dt.handle('leaf', (_ctx, p) => p);
+      await dt.start();
+      const job = await dt.submit('root', null);
+      expect(await job.result()).toBe('ok');
+
+      const [k1, k2] = got.batch;
+      expect(k1).toMatchObject({ created: true });
+      expect(k2).toMatchObject({ id: k1!.id, created: false });
+      const [first, second] = got.byMid;
+      expect(first!.created).toBe(true);
+      expect(second).toMatchObject({ id: first!.id, created: false, parentId: first!.parentId });
+      expect(midIds).toContain(first!.parentId);
+
+      const leaves = (await allTasks(dt, job.id)).filter((t) => t.type === 'leaf');
+      expect(leaves.map((t) => t.dedupKey).sort()).toEqual(['k', 'shared']);
+      expect(leaves.find((t) => t.dedupKey === 'k')!.payload).toBe(1);
+    });
+
+    it('dedup keys are unique within a job, not across jobs', async () => {
+      const dt = await h.open();
+      dt.handle('root', async (ctx) => {
+        const a = await ctx.spawn('leaf', null, { dedupKey: 'same' });
+        const b = await ctx.spawn('leaf', null, { dedupKey: 'same' });
+        return [a.created, b.created, a.id === b.id];
+      });
+      dt.handle('leaf', () => null);
+      await dt.start();
+      const one = await dt.submit('root', null);
+      const two = await dt.submit('root', null);
+      expect(await one.result()).toEqual([true, false, true]);
+      expect(await two.result()).toEqual([true, false, true]);
+      expect((await dt.getJob(one.id)).total).toBe(2);
+      expect((await dt.getJob(two.id)).total).toBe(2);
+    });
+  });
+}
