@@ -333,12 +333,12 @@ export class Dynatask<M extends TaskMap = TaskMap> {
     return this.engine.cancelTask(taskId, reason);
   }
 
-  /** Deletes settled jobs (with all their tasks) settled more than `olderThanMs` ago; returns the count. */
+  /** Deletes this namespace's jobs (with all their tasks) settled more than `olderThanMs` ago; returns the count. */
   async purge(opts: { olderThanMs: number }): Promise<number> {
     let total = 0;
     const before = Date.now() - opts.olderThanMs;
     for (;;) {
-      const n = await this.store.purgeJobs(before, 500);
+      const n = await this.store.purgeJobs(this.namespace, before, 500);
       total += n;
       if (n < 500) return total;
     }

@@ -10,6 +10,7 @@
 
 import type {
   ClaimRow,
+  KeyedRow,
   JobRow,
   OutcomeRow,
   SettleRow,
@@ -76,6 +77,8 @@ class Batch {
   readonly slotDeltas = new Map<string, Map<string, number>>();
   /** Jobs settled in this transaction: always collected (cheap), for `onJobSettled`. */
   readonly jobsSettled: Array<{ jobId: string; state: JobState }> = [];
+  /** Tasks settled by `terminate` in this transaction (a subtree may hold other tasks of the batch). */
+  readonly terminated = new Set<string>();
   /** Tasks that were running when they were cancelled: their local handlers are aborted. */
   readonly cancelledRunning: string[] = [];
   constructor(
@@ -174,6 +177,8 @@ export class Engine {
   private readonly cancelListeners = new Set<(taskIds: string[]) => void>();
   private readonly jobListeners = new Set<(jobs: Array<{ jobId: string; state: JobState }>) => void>();
   private readonly typeConfigs = new Map<string, TypeConfigRow>();
+  /** Where errors thrown by event listeners go; they never fail the operation that emitted. */
+  onListenerError: (e: unknown) => void = (e) => console.error('dynatask: an event listener threw:', e);
 
   constructor(
     readonly store: Store,
@@ -219,10 +224,20 @@ export class Engine {
       for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
       return r;
     });
-    for (const e of batch.events) for (const l of this.listeners) l(e);
-    if (batch.readyTypes.size > 0) for (const l of this.readyListeners) l(batch.readyTypes);
-    if (batch.cancelledRunning.length > 0) for (const l of this.cancelListeners) l(batch.cancelledRunning);
-    if (batch.jobsSettled.length > 0) for (const l of this.jobListeners) l(batch.jobsSettled);
+    // The transaction has committed: a listener's error must not turn it into a failure.
+    const call = <T>(listeners: Set<(x: T) => void>, x: T) => {
+      for (const l of listeners) {
+        try {
+          l(x);
+        } catch (e) {
+          this.onListenerError(e);
+        }
+      }
+    };
+    for (const e of batch.events) call(this.listeners, e);
+    if (batch.readyTypes.size > 0) call(this.readyListeners, batch.readyTypes);
+    if (batch.cancelledRunning.length > 0) call(this.cancelListeners, batch.cancelledRunning);
+    if (batch.jobsSettled.length > 0) call(this.jobListeners, batch.jobsSettled);
     return out;
   }
 
@@ -359,14 +374,15 @@ export class Engine {
           : [],
       );
       const fresh: Array<{ row: TaskRow; spec: SpawnSpec; index: number }> = [];
-      const byKey = new Map<string, DepInfo>();
+      const byKey = new Map<string, KeyedRow>();
       const seenDedup = new Map<string, TaskRow>();
       specs.forEach((spec, i) => {
         const key = keys[i]!;
         const found = existing.get(key) ?? dedup.get(spec.options?.dedupKey ?? '\0');
         const sameBatch =
           spec.options?.dedupKey !== undefined ? seenDedup.get(spec.options.dedupKey) : undefined;
-        const hit = found ?? sameBatch;
+        // A key repeated within this call names the task its first use created.
+        const hit = found ?? sameBatch ?? byKey.get(key);
         if (hit) {
           handles[i] = {
             id: hit.id,
@@ -388,6 +404,12 @@ export class Engine {
       // Resolve `after` dependencies: task ids of this job, or spawn keys of siblings.
       const deps: Array<{ row: TaskRow; on: string[] }> = [];
       const depIds = new Set<string>();
+      const refs = fresh.flatMap((f) =>
+        (f.spec.options?.after ?? []).flatMap((r) => (typeof r === 'string' && !byKey.has(r) ? [r] : [])),
+      );
+      // Keys of siblings spawned by earlier calls; what is not a sibling's key must be a task id.
+      if (refs.length)
+        for (const r of await tx.findChildrenByKey(parent.id, refs)) byKey.set(r.spawn_key!, r);
       for (const f of fresh) {
         const after = f.spec.options?.after;
         if (!after?.length) continue;
@@ -668,34 +690,42 @@ export class Engine {
         error: errorJson(error),
       })),
     );
+    const retries: Array<{ row: TaskCore; error: TaskError }> = [];
+    const permanent: Array<{ row: TaskCore; error: TaskError }> = [];
+    for (const f of failing) {
+      const cfg = this.typeConfig(f.row.namespace, f.row.type);
+      const maxAttempts = f.row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
+      (f.error.retryable !== false && f.row.attempt < maxAttempts ? retries : permanent).push(f);
+    }
+    // Permanent failures first: each cancels its subtree, which may hold other tasks of this
+    // batch; those are settled now and must be neither retried nor failed a second time.
+    for (const { row, error } of permanent) {
+      if (b.terminated.has(row.id)) continue;
+      this.releaseSlots(b, row);
+      await this.terminate(tx, b, row, 'failed', error);
+    }
     const patches: TaskPatch[] = [];
-    for (const { row, error } of failing) {
+    for (const { row, error } of retries) {
+      if (b.terminated.has(row.id)) continue;
       this.releaseSlots(b, row);
       const cfg = this.typeConfig(row.namespace, row.type);
-      const maxAttempts = row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
-      if (error.retryable !== false && row.attempt < maxAttempts) {
-        const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
-        const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
-        const exp = Math.min(cap, base * 2 ** (row.attempt - 1));
-        // "Equal jitter": at least half the delay, so retries of one burst spread out but never bunch at zero.
-        const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
-        row.state = 'queued';
-        patches.push({
-          id: row.id,
-          state: 'queued',
-          attempt: row.attempt + 1,
-          run_at: b.now + delay,
-          lease_expires_at: null,
-          slots_held: 0,
-          wait_mode: 0,
-          error: errorJson(error),
-          finished_at: b.now,
-        });
-        b.taskEvent(row, 'queued');
-        b.readyTypes.add(row.type);
-      } else {
-        await this.terminate(tx, b, row, 'failed', error);
-      }
+      const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
+      const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
+      const exp = Math.min(cap, base * 2 ** (row.attempt - 1));
+      // "Equal jitter": at least half the delay, so retries of one burst spread out but never bunch at zero.
+      const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
+      patches.push({
+        id: row.id,
+        state: 'queued',
+        attempt: row.attempt + 1,
+        run_at: b.now + delay,
+        lease_expires_at: null,
+        wait_mode: 0,
+        error: errorJson(error),
+        finished_at: b.now,
+      });
+      b.taskEvent(row, 'queued');
+      b.readyTypes.add(row.type);
     }
     await tx.updateTasks(patches);
   }
@@ -825,11 +855,14 @@ export class Engine {
 
   async getStep(jobId: string, taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
     const v = await this.store.getStep(jobId, taskId, name);
-    return v === undefined ? { found: false, value: undefined } : { found: true, value: parseJson(v) };
+    if (v === undefined) return { found: false, value: undefined };
+    // Stored as a one-element array, or an empty one for `undefined`, which JSON cannot hold.
+    const arr = JSON.parse(v) as unknown[];
+    return { found: true, value: arr.length ? arr[0] : undefined };
   }
 
   async putStep(ref: AttemptRef, name: string, value: unknown): Promise<void> {
-    const json = toJson(value, `step ${name}`) ?? 'null';
+    const json = value === undefined ? '[]' : `[${toJson(value, `step ${name}`)}]`;
     await this.run(async (tx) => {
       const row = await this.getRunning(tx, ref);
       await tx.putStep(row.job_id, row.id, name, json);
@@ -870,6 +903,8 @@ export class Engine {
     error: TaskError,
   ) {
     const subtree = await tx.unsettledSubtree(row.id);
+    for (const r of subtree) b.terminated.add(r.id);
+    b.terminated.add(row.id);
     const descendants = subtree.filter((r) => r.id !== row.id);
     let skipped: Settling[] = [];
     if (descendants.length) {

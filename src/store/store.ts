@@ -264,7 +264,7 @@ export interface Store {
   removeWorker(id: string): Promise<void>;
   /** Types served by a worker seen since `since`. */
   liveTypes(namespace: string, since: number): Promise<string[]>;
-  /** Deletes up to `limit` settled jobs settled before `before`, with all their rows; returns the count. */
-  purgeJobs(before: number, limit: number): Promise<number>;
+  /** Deletes up to `limit` jobs of a namespace settled before `before`, with all their rows; returns the count. */
+  purgeJobs(namespace: string, before: number, limit: number): Promise<number>;
   close(): Promise<void>;
 }

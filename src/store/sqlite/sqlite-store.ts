@@ -329,7 +329,7 @@ export class SqliteStore implements Store {
 
       async completeRunning(items, now) {
         const s = st(
-          `UPDATE tasks SET result = ?, finished_at = ?, handler_done = 1, lease_expires_at = NULL, wait_mode = 0,
+          `UPDATE tasks SET result = ?, error = NULL, finished_at = ?, handler_done = 1, lease_expires_at = NULL, wait_mode = 0,
              state = CASE WHEN open_children = 0 AND unobserved_failures = 0 THEN 'succeeded' ELSE 'completing' END,
              settled_at = CASE WHEN open_children = 0 AND unobserved_failures = 0 THEN ? ELSE NULL END
            WHERE id = ? AND run_token = ? AND state = 'running'
@@ -594,12 +594,13 @@ export class SqliteStore implements Store {
     });
   }
 
-  purgeJobs(before: number, limit: number) {
+  purgeJobs(namespace: string, before: number, limit: number) {
     return this.transaction(async () => {
       const ids = (
         this.st(
-          `SELECT id FROM jobs WHERE settled_at IS NOT NULL AND settled_at < ? ORDER BY settled_at LIMIT ?`,
-        ).all(before, limit) as Array<{ id: string }>
+          `SELECT id FROM jobs WHERE settled_at IS NOT NULL AND settled_at < ? AND namespace = ?
+           ORDER BY settled_at LIMIT ?`,
+        ).all(before, namespace, limit) as Array<{ id: string }>
       ).map((r) => r.id);
       for (const part of chunks(ids)) {
         const list = JSON.stringify(part);
