@@ -4,6 +4,16 @@
  * same tests. A store's test file calls `runConformance` with a factory of instances.
  *
  * Each topic lives in its own file; `harness.ts` has the shared helpers.
+ *
+ * A target opens instances on a new, empty database each time (tests count jobs and
+ * queued types), and peers on the same database as an instance (a second process):
+ *
+ *   runConformance('postgres', {
+ *     open: (opts) => open({ database: freshSchemaUrl(), ...opts }),
+ *     openPeer: (dt, opts) => open({ database: urlOf(dt), ...opts }),
+ *   });
+ *
+ * Options are `leaseMs` (short leases for the lease tests) and `namespace`.
  */
 import { afterEach, describe } from 'vitest';
 import { cancellationTests } from './cancellation.js';
