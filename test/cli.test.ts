@@ -135,8 +135,10 @@ describe('dynatask commands on bad input', () => {
     const kept = await dynatask(['purge', '--older-than', '1h', '--database', db, '--json']);
     expect(kept.code).toBe(0);
     expect(JSON.parse(kept.stdout)).toEqual({ purged: 0, olderThanMs: 3_600_000 });
-    const purged = await dynatask(['purge', '--older-than', '0s', '--database', db]);
+    const other = await dynatask(['purge', '--older-than', '0s', '--database', db]);
+    expect(other.stdout).toMatch(/^purged 0 jobs of namespace default/);
+    const purged = await dynatask(['purge', '--older-than', '0s', '--namespace', 'demo', '--database', db]);
     expect(purged.code).toBe(0);
-    expect(purged.stdout).toMatch(/^purged 2 jobs settled more than 0 ms ago/);
+    expect(purged.stdout).toMatch(/^purged 2 jobs of namespace demo settled more than 0 ms ago/);
   });
 });

@@ -41,8 +41,11 @@ export async function openDatabase<M extends TaskMap = TaskMap>(
 }
 
 /** Runs `fn` with dynatask open on the command's database, and closes it afterwards. */
-export async function withDatabase<T>(opts: CommonOptions, fn: (dt: Dynatask) => Promise<T>): Promise<T> {
-  const dt = await openDatabase(databaseOf(opts));
+export async function withDatabase<T>(
+  opts: CommonOptions & { namespace?: string },
+  fn: (dt: Dynatask) => Promise<T>,
+): Promise<T> {
+  const dt = await openDatabase(databaseOf(opts), opts.namespace ? { namespace: opts.namespace } : {});
   try {
     return await fn(dt);
   } finally {

@@ -161,6 +161,7 @@ export async function cancelJob(id: string, opts: CancelOptions): Promise<number
 
 export interface PurgeOptions extends CommonOptions {
   olderThan: string;
+  namespace: string;
 }
 
 export async function purge(opts: PurgeOptions): Promise<number> {
@@ -169,7 +170,7 @@ export async function purge(opts: PurgeOptions): Promise<number> {
   if (opts.json) printJson({ purged, olderThanMs });
   else
     console.log(
-      `purged ${purged} job${purged === 1 ? '' : 's'} settled more than ${formatDuration(olderThanMs)} ago`,
+      `purged ${purged} job${purged === 1 ? '' : 's'} of namespace ${opts.namespace} settled more than ${formatDuration(olderThanMs)} ago`,
     );
   return 0;
 }

@@ -84,6 +84,7 @@ export function program(setExitCode: (code: number) => void): Command {
   common(cli.command('purge'))
     .description('delete settled jobs, with all their tasks, settled more than a duration ago')
     .requiredOption('--older-than <duration>', 'e.g. 30s, 15m, 12h, 7d, 2w or 1h30m')
+    .option('--namespace <ns>', 'namespace of the jobs to purge', 'default')
     .action(async (opts: Parameters<typeof purge>[0]) => setExitCode(await purge(opts)));
 
   return cli;

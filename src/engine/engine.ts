@@ -10,8 +10,8 @@
 
 import type {
   ClaimRow,
-  KeyedRow,
   JobRow,
+  KeyedRow,
   OutcomeRow,
   SettleRow,
   Store,
@@ -498,79 +498,89 @@ export class Engine {
     leaseMs = this.leaseMs,
   ): Promise<ClaimedTask[]> {
     if (limit <= 0 || types.length === 0) return [];
-    return this.run(async (tx, b) => {
-      const slots = await tx.getSlots(namespace);
-      const free = new Map<string, number>();
-      for (const s of slots) free.set(s.key, s.max - s.running);
-      const withKeys = slots.some((s) => s.key.startsWith('key:'));
-      const fullKeys = withKeys
-        ? slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key)
-        : [];
-      let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
-      for (const type of types) {
-        const want = Math.min(limit, free.get(typeSlot(type)) ?? limit);
-        if (want <= 0) continue;
-        const rows = await tx.claimCandidates({
-          namespace,
-          type,
-          now: b.now,
-          limit: want,
-          excludeKeys: fullKeys,
-          withKeys,
-        });
-        candidates = candidates.length ? candidates.concat(rows) : rows;
-      }
-      if (types.length > 1)
-        candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
-      // Choose within the free slots of each type and key; the rest stay queued.
-      const ids: string[] = [];
-      const slotsHeld: Record<string, number> = {};
-      for (const c of candidates) {
-        if (ids.length >= limit) break;
-        let held = 0;
-        const ts = typeSlot(c.type);
-        const tFree = free.get(ts);
-        if (tFree !== undefined) {
-          if (tFree <= 0) continue;
-          held |= SLOT_TYPE;
-        }
-        const kFree = c.concurrency_key !== null ? free.get(c.concurrency_key) : undefined;
-        if (kFree !== undefined) {
-          if (kFree <= 0) continue;
-          held |= SLOT_KEY;
-        }
-        if (held & SLOT_TYPE) {
-          free.set(ts, tFree! - 1);
-          b.slot(namespace, ts, 1);
-        }
-        if (held & SLOT_KEY) {
-          free.set(c.concurrency_key!, kFree! - 1);
-          b.slot(namespace, c.concurrency_key!, 1);
-        }
-        if (held) slotsHeld[c.id] = held;
-        ids.push(c.id);
-      }
-      if (!ids.length) return [];
-      const typeTimeouts: Record<string, number> = {};
-      for (const type of types) {
-        const t = this.typeConfig(namespace, type)?.timeout_ms;
-        if (t != null) typeTimeouts[type] = t;
-      }
-      const rows = await tx.claimByIds({
-        ids,
+    return this.run((tx, b) => this.claimIn(tx, b, namespace, types, limit, leaseMs));
+  }
+
+  private async claimIn(
+    tx: StoreTx,
+    b: Batch,
+    namespace: string,
+    types: string[],
+    limit: number,
+    leaseMs: number,
+  ): Promise<ClaimedTask[]> {
+    if (limit <= 0 || types.length === 0) return [];
+    const slots = await tx.getSlots(namespace);
+    const free = new Map<string, number>();
+    for (const s of slots) free.set(s.key, s.max - s.running);
+    const withKeys = slots.some((s) => s.key.startsWith('key:'));
+    const fullKeys = withKeys
+      ? slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key)
+      : [];
+    let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
+    for (const type of types) {
+      const want = Math.min(limit, free.get(typeSlot(type)) ?? limit);
+      if (want <= 0) continue;
+      const rows = await tx.claimCandidates({
+        namespace,
+        type,
         now: b.now,
-        leaseMs,
-        graceMs: DEFAULTS.timeoutGraceMs,
-        typeTimeouts,
-        slotsHeld,
+        limit: want,
+        excludeKeys: fullKeys,
+        withKeys,
       });
-      if (types.length > 1 || rows.length > 1) {
-        const order = new Map(ids.map((id, i) => [id, i]));
-        rows.sort((x, y) => order.get(x.id)! - order.get(y.id)!);
+      candidates = candidates.length ? candidates.concat(rows) : rows;
+    }
+    if (types.length > 1)
+      candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+    // Choose within the free slots of each type and key; the rest stay queued.
+    const ids: string[] = [];
+    const slotsHeld: Record<string, number> = {};
+    for (const c of candidates) {
+      if (ids.length >= limit) break;
+      let held = 0;
+      const ts = typeSlot(c.type);
+      const tFree = free.get(ts);
+      if (tFree !== undefined) {
+        if (tFree <= 0) continue;
+        held |= SLOT_TYPE;
       }
-      for (const row of rows) b.taskEvent(row, 'running');
-      return rows.map((row) => ({ row, token: row.run_token }));
+      const kFree = c.concurrency_key !== null ? free.get(c.concurrency_key) : undefined;
+      if (kFree !== undefined) {
+        if (kFree <= 0) continue;
+        held |= SLOT_KEY;
+      }
+      if (held & SLOT_TYPE) {
+        free.set(ts, tFree! - 1);
+        b.slot(namespace, ts, 1);
+      }
+      if (held & SLOT_KEY) {
+        free.set(c.concurrency_key!, kFree! - 1);
+        b.slot(namespace, c.concurrency_key!, 1);
+      }
+      if (held) slotsHeld[c.id] = held;
+      ids.push(c.id);
+    }
+    if (!ids.length) return [];
+    const typeTimeouts: Record<string, number> = {};
+    for (const type of types) {
+      const t = this.typeConfig(namespace, type)?.timeout_ms;
+      if (t != null) typeTimeouts[type] = t;
+    }
+    const rows = await tx.claimByIds({
+      ids,
+      now: b.now,
+      leaseMs,
+      graceMs: DEFAULTS.timeoutGraceMs,
+      typeTimeouts,
+      slotsHeld,
     });
+    if (types.length > 1 || rows.length > 1) {
+      const order = new Map(ids.map((id, i) => [id, i]));
+      rows.sort((x, y) => order.get(x.id)! - order.get(y.id)!);
+    }
+    for (const row of rows) b.taskEvent(row, 'running');
+    return rows.map((row) => ({ row, token: row.run_token }));
   }
 
   /** Earliest time a queued task of these types becomes due (for the worker's timer). */
@@ -625,36 +635,61 @@ export class Engine {
    * the attempt still held the task (false: stale, nothing changed).
    */
   async complete(items: Array<AttemptRef & { result: unknown }>): Promise<boolean[]> {
-    const seen = new Set<string>();
-    const unique = items.filter((i) => !seen.has(i.id) && seen.add(i.id));
-    const results = unique.map((i) => ({
-      id: i.id,
-      token: i.token,
-      result: toJson(i.result, `result of task ${i.id}`),
-    }));
+    const { ok, bad } = serialiseResults(items);
     return this.run(async (tx, b) => {
-      // One guarded statement per task moves it to succeeded or completing; stale attempts match nothing.
-      const done = await tx.completeRunning(results, b.now);
-      const ok = new Set<string>();
-      const toSettle: Settling[] = [];
-      for (const row of done) {
-        ok.add(row.id);
-        this.releaseSlots(b, { ...row, state: 'running' });
-        if (row.state === 'succeeded') {
-          toSettle.push({ row, state: 'succeeded', written: true });
-        } else if (row.open_children === 0) {
-          toSettle.push(this.settledByChildren(row)); // an unobserved child failure
-        } else {
-          b.taskEvent(row, 'completing');
-        }
+      const done = await this.completeIn(tx, b, items, ok);
+      if (bad.length) await this.failIn(tx, b, bad);
+      return done;
+    });
+  }
+
+  /**
+   * A worker's round trip: records completions and failures, then claims the next batch,
+   * all in one transaction.
+   */
+  async report(
+    completed: Array<AttemptRef & { result: unknown }>,
+    failed: Array<AttemptRef & { error: TaskError }>,
+    next?: { namespace: string; types: string[]; limit: number; leaseMs?: number },
+  ): Promise<{ completed: boolean[]; failed: boolean[]; claimed: ClaimedTask[] }> {
+    const { ok, bad } = serialiseResults(completed);
+    const failing = bad.length ? failed.concat(bad) : failed;
+    return this.run(async (tx, b) => ({
+      completed: completed.length ? await this.completeIn(tx, b, completed, ok) : [],
+      failed: failing.length ? (await this.failIn(tx, b, failing)).slice(0, failed.length) : [],
+      claimed: next
+        ? await this.claimIn(tx, b, next.namespace, next.types, next.limit, next.leaseMs ?? this.leaseMs)
+        : [],
+    }));
+  }
+
+  private async completeIn(
+    tx: StoreTx,
+    b: Batch,
+    items: AttemptRef[],
+    results: Array<{ id: string; token: number; result: string | null }>,
+  ): Promise<boolean[]> {
+    // One guarded statement per task moves it to succeeded or completing; stale attempts match nothing.
+    const done = await tx.completeRunning(results, b.now);
+    const ok = new Set<string>();
+    const toSettle: Settling[] = [];
+    for (const row of done) {
+      ok.add(row.id);
+      this.releaseSlots(b, { ...row, state: 'running' });
+      if (row.state === 'succeeded') {
+        toSettle.push({ row, state: 'succeeded', written: true });
+      } else if (row.open_children === 0) {
+        toSettle.push(this.settledByChildren(row)); // an unobserved child failure
+      } else {
+        b.taskEvent(row, 'completing');
       }
-      await this.settle(tx, b, toSettle);
-      const reported = new Set<string>();
-      return items.map((i) => {
-        if (!ok.has(i.id) || reported.has(i.id)) return false; // the same attempt twice counts once
-        reported.add(i.id);
-        return true;
-      });
+    }
+    await this.settle(tx, b, toSettle);
+    const reported = new Set<string>();
+    return items.map((i) => {
+      if (!ok.has(i.id) || reported.has(i.id)) return false; // the same attempt twice counts once
+      reported.add(i.id);
+      return true;
     });
   }
 
@@ -664,19 +699,25 @@ export class Engine {
    * descendants are cancelled.
    */
   async fail(items: Array<AttemptRef & { error: TaskError }>): Promise<boolean[]> {
-    return this.run(async (tx, b) => {
-      const held = await this.heldRows(tx, items);
-      const failing: Array<{ row: TaskCore; error: TaskError }> = [];
-      const ok = items.map((item) => {
-        const row = held.get(item.id);
-        if (!row) return false;
-        held.delete(item.id);
-        failing.push({ row, error: item.error });
-        return true;
-      });
-      await this.failAttempts(tx, b, failing);
-      return ok;
+    return this.run((tx, b) => this.failIn(tx, b, items));
+  }
+
+  private async failIn(
+    tx: StoreTx,
+    b: Batch,
+    items: Array<AttemptRef & { error: TaskError }>,
+  ): Promise<boolean[]> {
+    const held = await this.heldRows(tx, items);
+    const failing: Array<{ row: TaskCore; error: TaskError }> = [];
+    const ok = items.map((item) => {
+      const row = held.get(item.id);
+      if (!row) return false;
+      held.delete(item.id);
+      failing.push({ row, error: item.error });
+      return true;
     });
+    await this.failAttempts(tx, b, failing);
+    return ok;
   }
 
   private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskCore; error: TaskError }>) {
@@ -1108,6 +1149,30 @@ interface Settling {
   written?: boolean;
   /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
   error?: TaskError | undefined;
+}
+
+/**
+ * Serialises handler results before the transaction. A result that JSON cannot hold fails
+ * its own task (at once: a retry would return the same value), never the whole batch.
+ */
+function serialiseResults(items: Array<AttemptRef & { result: unknown }>) {
+  const seen = new Set<string>();
+  const ok: Array<{ id: string; token: number; result: string | null }> = [];
+  const bad: Array<AttemptRef & { error: TaskError }> = [];
+  for (const i of items) {
+    if (seen.has(i.id)) continue;
+    seen.add(i.id);
+    try {
+      ok.push({ id: i.id, token: i.token, result: toJson(i.result, `result of task ${i.id}`) });
+    } catch (e) {
+      bad.push({
+        id: i.id,
+        token: i.token,
+        error: { name: 'InvalidResult', message: (e as Error).message, retryable: false },
+      });
+    }
+  }
+  return { ok, bad };
 }
 
 function dependencyError(dep: DepInfo): TaskError {

@@ -116,33 +116,37 @@ export class Worker {
 
   private pump(): void {
     if (this.stopped || this.claiming) return;
-    const free = this.opts.concurrency - this.running.size;
-    if (free <= 0) return;
+    const want = Math.min(this.opts.concurrency - this.running.size, this.opts.batchSize);
+    if (want <= 0) return;
     this.claiming = true;
     clearTimeout(this.wakeTimer);
-    const want = Math.min(free, this.opts.batchSize);
     this.engine
       .claim(this.opts.namespace, this.types, want, this.opts.leaseMs)
-      .then(async (claimed) => {
-        this.claiming = false;
-        for (const c of claimed) this.runTask(c);
-        if (claimed.length === want) {
-          this.pump();
-          return;
-        }
-        // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
-        const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
-        let delay = this.opts.pollMs;
-        if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
-        clearTimeout(this.wakeTimer);
-        if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), delay);
-      })
-      .catch((e) => {
-        this.claiming = false;
-        this.onError(e);
-        clearTimeout(this.wakeTimer);
-        if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), this.opts.pollMs);
-      });
+      .then((claimed) => this.claimed(claimed, want))
+      .catch((e) => this.claimFailed(e));
+  }
+
+  /** Starts claimed tasks; claims again at once if the batch was full, else sleeps. */
+  private async claimed(claimed: ClaimedTask[], want: number): Promise<void> {
+    this.claiming = false;
+    for (const c of claimed) this.runTask(c);
+    if (claimed.length === want) {
+      this.pump();
+      return;
+    }
+    // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
+    const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
+    let delay = this.opts.pollMs;
+    if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
+    clearTimeout(this.wakeTimer);
+    if (!this.stopped && !this.claiming) this.wakeTimer = setTimeout(() => this.pump(), delay);
+  }
+
+  private claimFailed(e: unknown): void {
+    this.claiming = false;
+    this.onError(e);
+    clearTimeout(this.wakeTimer);
+    if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), this.opts.pollMs);
   }
 
   private runTask(claimed: ClaimedTask): void {
@@ -228,16 +232,38 @@ export class Worker {
     this.completions = [];
     this.failures = [];
     if (!completions.length && !failures.length) return;
+    // Outcomes and the next claim share one transaction: the slots these tasks free are
+    // refilled in the same round trip.
+    const want = Math.min(
+      this.opts.concurrency - this.running.size + completions.length + failures.length,
+      this.opts.batchSize,
+    );
+    const claimNow = !this.stopped && !this.claiming && want > 0;
+    if (claimNow) {
+      this.claiming = true;
+      clearTimeout(this.wakeTimer);
+    }
     this.flushing = (async () => {
+      let claimed: ClaimedTask[] | undefined;
       try {
-        if (completions.length) await this.engine.complete(completions);
-        if (failures.length) await this.engine.fail(failures);
+        const r = await this.engine.report(
+          completions,
+          failures,
+          claimNow
+            ? { namespace: this.opts.namespace, types: this.types, limit: want, leaseMs: this.opts.leaseMs }
+            : undefined,
+        );
+        claimed = claimNow ? r.claimed : undefined;
       } catch (e) {
         // The leases stay; if the store is back later, expiry retries these attempts.
         this.onError(e);
       }
       for (const c of completions) this.running.delete(c.id);
       for (const f of failures) this.running.delete(f.id);
+      if (claimNow) {
+        if (claimed) await this.claimed(claimed, want);
+        else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
+      }
     })();
     await this.flushing;
     this.flushing = null;
