@@ -13,7 +13,6 @@ import type {
   JobRow,
   KeyedRow,
   OutcomeRow,
-  SettleRow,
   Store,
   StoreTx,
   TaskCore,
@@ -21,8 +20,21 @@ import type {
   TaskRow,
   TypeConfigRow,
 } from '../store/store.js';
+import { Batch, releaseSlots, SLOT_KEY, SLOT_TYPE, typeSlot } from './batch.js';
 import { NotFoundError, StaleAttemptError, ValidationError } from './errors.js';
 import { newId } from './ids.js';
+import {
+  type DepInfo,
+  dependencyError,
+  errorJson,
+  newTaskRow,
+  outcomeOf,
+  serialiseResults,
+  toJson,
+  validateOptions,
+  validateType,
+} from './rows.js';
+import { type Settling, settle, settledByChildren, terminate } from './settle.js';
 import {
   type DynataskEvent,
   isSettled,
@@ -32,8 +44,6 @@ import {
   type SubmitOptions,
   type TaskError,
   type TaskHandle,
-  type TaskOptions,
-  type TaskState,
 } from './types.js';
 
 /** Defaults used when neither the task nor its type says otherwise. */
@@ -69,101 +79,6 @@ export interface AttemptRef {
 export type WaitSpec = { all: true } | { all: false; ids: string[] };
 
 export type WaitResult = { suspended: true } | { suspended: false; outcomes: Outcome[] };
-
-/** Per-transaction side effects, released after commit. */
-class Batch {
-  readonly events: DynataskEvent[] = [];
-  readonly readyTypes = new Set<string>();
-  readonly slotDeltas = new Map<string, Map<string, number>>();
-  /** Jobs settled in this transaction: always collected (cheap), for `onJobSettled`. */
-  readonly jobsSettled: Array<{ jobId: string; state: JobState }> = [];
-  /** Tasks settled by `terminate` in this transaction (a subtree may hold other tasks of the batch). */
-  readonly terminated = new Set<string>();
-  /** Tasks that were running when they were cancelled: their local handlers are aborted. */
-  readonly cancelledRunning: string[] = [];
-  constructor(
-    readonly now: number,
-    readonly wantEvents: boolean,
-  ) {}
-
-  taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState): void {
-    if (this.wantEvents)
-      this.events.push({
-        kind: 'task',
-        jobId: row.job_id,
-        taskId: row.id,
-        type: row.type,
-        state,
-        at: this.now,
-      });
-  }
-
-  slot(namespace: string, key: string, delta: number): void {
-    let m = this.slotDeltas.get(namespace);
-    if (!m) {
-      m = new Map();
-      this.slotDeltas.set(namespace, m);
-    }
-    m.set(key, (m.get(key) ?? 0) + delta);
-  }
-}
-
-const SLOT_TYPE = 1;
-const SLOT_KEY = 2;
-const typeSlot = (type: string) => `type:${type}`;
-const keySlot = (key: string) => `key:${key}`;
-
-function parseJson(s: string | null): unknown {
-  return s === null ? null : JSON.parse(s);
-}
-
-function errorJson(e: TaskError): string {
-  return JSON.stringify(e);
-}
-
-/** Serialises a payload or result; `undefined` is stored as null. */
-export function toJson(value: unknown, what: string): string | null {
-  if (value === undefined) return null;
-  try {
-    return JSON.stringify(value) ?? null;
-  } catch (e) {
-    throw new ValidationError(`${what} is not JSON-serialisable: ${(e as Error).message}`);
-  }
-}
-
-/** What a dependency check needs of a task. */
-type DepInfo = Pick<TaskCore, 'id' | 'job_id' | 'type' | 'state'>;
-
-function outcomeOf(row: OutcomeRow): Outcome {
-  if (row.state === 'succeeded') return { taskId: row.id, state: 'succeeded', result: parseJson(row.result) };
-  const error = (parseJson(row.error) as TaskError | null) ?? { name: 'Error', message: row.state };
-  return { taskId: row.id, state: row.state as 'failed' | 'cancelled' | 'skipped', error };
-}
-
-function validateOptions(o: TaskOptions | undefined, where: string): void {
-  if (!o) return;
-  const nonNegInt = (v: unknown, name: string, min = 0) => {
-    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min))
-      throw new ValidationError(`${where}.${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
-  };
-  nonNegInt(o.maxAttempts, 'maxAttempts', 1);
-  nonNegInt(o.backoffMs, 'backoffMs');
-  nonNegInt(o.maxBackoffMs, 'maxBackoffMs');
-  nonNegInt(o.timeoutMs, 'timeoutMs', 1);
-  nonNegInt(o.delayMs, 'delayMs');
-  if (o.priority !== undefined && (typeof o.priority !== 'number' || !Number.isInteger(o.priority)))
-    throw new ValidationError(`${where}.priority must be an integer, got ${JSON.stringify(o.priority)}`);
-  if (o.concurrency !== undefined) {
-    if (typeof o.concurrency.key !== 'string' || o.concurrency.key === '')
-      throw new ValidationError(`${where}.concurrency.key must be a non-empty string`);
-    nonNegInt(o.concurrency.limit, 'concurrency.limit', 1);
-  }
-}
-
-function validateType(type: unknown, where: string): asserts type is string {
-  if (typeof type !== 'string' || type === '' || type.length > 200)
-    throw new ValidationError(`${where}.type must be a non-empty string of at most 200 characters`);
-}
 
 export interface EngineOptions {
   /** Lease given to a claimed task; heartbeats extend it. */
@@ -266,57 +181,6 @@ export class Engine {
 
   // ---------------------------------------------------------------- creating tasks
 
-  private newTaskRow(
-    jobId: string,
-    namespace: string,
-    parentId: string | null,
-    spawnKey: string | null,
-    spec: SpawnSpec,
-    now: number,
-  ): TaskRow {
-    const o = spec.options ?? {};
-    const runAt = o.runAt !== undefined ? +o.runAt : now + (o.delayMs ?? 0);
-    return {
-      id: newId(),
-      job_id: jobId,
-      namespace,
-      parent_id: parentId,
-      spawn_key: spawnKey,
-      dedup_key: o.dedupKey ?? null,
-      type: spec.type,
-      payload: toJson(spec.payload, 'payload'),
-      state: 'queued',
-      priority: o.priority ?? 0,
-      run_at: Number.isFinite(runAt) ? runAt : now,
-      attempt: 0,
-      max_attempts: o.maxAttempts ?? null,
-      backoff_ms: o.backoffMs ?? null,
-      max_backoff_ms: o.maxBackoffMs ?? null,
-      timeout_ms: o.timeoutMs ?? null,
-      run_token: 0,
-      lease_expires_at: null,
-      concurrency_key: o.concurrency ? keySlot(o.concurrency.key) : null,
-      slots_held: 0,
-      open_children: 0,
-      wait_mode: 0,
-      wait_remaining: 0,
-      awaited: 0,
-      unobserved_failures: 0,
-      observed: 0,
-      ignore_failure: o.ignoreFailure ? 1 : 0,
-      deps_remaining: 0,
-      run_regardless: o.runRegardless ? 1 : 0,
-      handler_done: 0,
-      result: null,
-      error: null,
-      progress: null,
-      created_at: now,
-      started_at: null,
-      finished_at: null,
-      settled_at: null,
-    };
-  }
-
   /** Creates jobs, each with its root task, atomically. */
   async submit(
     specs: Array<{ type: string; payload?: unknown; options?: SubmitOptions }>,
@@ -331,7 +195,7 @@ export class Engine {
       for (const s of specs) {
         const namespace = s.options?.namespace ?? DEFAULTS.namespace;
         const jobId = newId();
-        const row = this.newTaskRow(jobId, namespace, null, null, s, b.now);
+        const row = newTaskRow(jobId, namespace, null, null, s, b.now);
         jobs.push({
           id: jobId,
           namespace,
@@ -394,7 +258,7 @@ export class Engine {
           byKey.set(key, hit);
           return;
         }
-        const row = this.newTaskRow(parent.job_id, parent.namespace, parent.id, key, spec, b.now);
+        const row = newTaskRow(parent.job_id, parent.namespace, parent.id, key, spec, b.now);
         fresh.push({ row, spec, index: i });
         byKey.set(key, row);
         if (row.dedup_key !== null) seenDedup.set(row.dedup_key, row);
@@ -475,7 +339,7 @@ export class Engine {
         if (r.state === 'queued') b.readyTypes.add(r.type);
       }
       if (skipNow.length) {
-        await this.settle(
+        await settle(
           tx,
           b,
           skipNow.map((s) => ({ row: s.row, state: 'skipped' as const, error: s.error })),
@@ -616,17 +480,6 @@ export class Engine {
     return held;
   }
 
-  /** Gives back the concurrency slots a running task holds (its slot bits mean nothing otherwise). */
-  private releaseSlots(
-    b: Batch,
-    row: Pick<TaskCore, 'state' | 'namespace' | 'type' | 'slots_held' | 'concurrency_key'>,
-  ): void {
-    if (row.state !== 'running') return;
-    if (row.slots_held & SLOT_TYPE) b.slot(row.namespace, typeSlot(row.type), -1);
-    if (row.slots_held & SLOT_KEY && row.concurrency_key) b.slot(row.namespace, row.concurrency_key, -1);
-    row.slots_held = 0;
-  }
-
   // ---------------------------------------------------------------- finishing attempts
 
   /**
@@ -675,16 +528,16 @@ export class Engine {
     const toSettle: Settling[] = [];
     for (const row of done) {
       ok.add(row.id);
-      this.releaseSlots(b, { ...row, state: 'running' });
+      releaseSlots(b, { ...row, state: 'running' });
       if (row.state === 'succeeded') {
         toSettle.push({ row, state: 'succeeded', written: true });
       } else if (row.open_children === 0) {
-        toSettle.push(this.settledByChildren(row)); // an unobserved child failure
+        toSettle.push(settledByChildren(row)); // an unobserved child failure
       } else {
         b.taskEvent(row, 'completing');
       }
     }
-    await this.settle(tx, b, toSettle);
+    await settle(tx, b, toSettle);
     const reported = new Set<string>();
     return items.map((i) => {
       if (!ok.has(i.id) || reported.has(i.id)) return false; // the same attempt twice counts once
@@ -742,13 +595,13 @@ export class Engine {
     // batch; those are settled now and must be neither retried nor failed a second time.
     for (const { row, error } of permanent) {
       if (b.terminated.has(row.id)) continue;
-      this.releaseSlots(b, row);
-      await this.terminate(tx, b, row, 'failed', error);
+      releaseSlots(b, row);
+      await terminate(tx, b, row, 'failed', error);
     }
     const patches: TaskPatch[] = [];
     for (const { row, error } of retries) {
       if (b.terminated.has(row.id)) continue;
-      this.releaseSlots(b, row);
+      releaseSlots(b, row);
       const cfg = this.typeConfig(row.namespace, row.type);
       const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
       const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
@@ -857,7 +710,7 @@ export class Engine {
         }
         return { suspended: false, outcomes: children.map(outcomeOf) };
       }
-      this.releaseSlots(b, row);
+      releaseSlots(b, row);
       const openIds = [...new Set(open.map((c) => c.id))];
       if (!all) await tx.updateTasks(openIds.map((id) => ({ id, awaited: 1 })));
       await tx.updateTasks([
@@ -918,7 +771,7 @@ export class Engine {
       const [row] = await tx.getTasks([taskId]);
       if (!row) throw new NotFoundError(`task ${taskId} not found`);
       if (isSettled(row.state)) return false;
-      await this.terminate(tx, b, row, 'cancelled', { name: 'Cancelled', message: reason });
+      await terminate(tx, b, row, 'cancelled', { name: 'Cancelled', message: reason });
       return true;
     });
   }
@@ -931,253 +784,4 @@ export class Engine {
   }
 
   // ---------------------------------------------------------------- settling
-
-  /**
-   * Ends a task now with `state` (failed or cancelled): its unsettled descendants are
-   * cancelled first (no orphans), then the task settles.
-   */
-  private async terminate(
-    tx: StoreTx,
-    b: Batch,
-    row: TaskCore,
-    state: 'failed' | 'cancelled',
-    error: TaskError,
-  ) {
-    const subtree = await tx.unsettledSubtree(row.id);
-    for (const r of subtree) b.terminated.add(r.id);
-    b.terminated.add(row.id);
-    const descendants = subtree.filter((r) => r.id !== row.id);
-    let skipped: Settling[] = [];
-    if (descendants.length) {
-      const cancelled: TaskError = { name: 'Cancelled', message: `ancestor ${row.id} ${state}` };
-      const json = errorJson(cancelled);
-      for (const d of descendants) {
-        if (d.state === 'running') b.cancelledRunning.push(d.id);
-        this.releaseSlots(b, d);
-        d.state = 'cancelled';
-        b.taskEvent(d, 'cancelled');
-      }
-      await tx.updateTasks(
-        descendants.map((d) => ({
-          id: d.id,
-          state: 'cancelled' as const,
-          error: json,
-          settled_at: b.now,
-          lease_expires_at: null,
-          slots_held: 0,
-          open_children: 0,
-        })),
-      );
-      // Descendants' own parents are all inside the subtree and settle with it, so their
-      // counters need no update; only tasks elsewhere that depend on them are affected.
-      skipped = await this.releaseDependents(tx, b, descendants);
-    }
-    // The caller may already have released the task's slots (a failing attempt): `row` says.
-    if (row.state === 'running' && state === 'cancelled') b.cancelledRunning.push(row.id);
-    this.releaseSlots(b, row);
-    await this.settle(tx, b, [{ row, state, error }, ...skipped]);
-  }
-
-  /** A task whose handler is done and whose children have all settled: its final state. */
-  private settledByChildren(row: SettleRow & Pick<TaskCore, 'unobserved_failures'>): Settling {
-    return row.unobserved_failures > 0
-      ? { row, state: 'failed', error: undefined }
-      : { row, state: 'succeeded' };
-  }
-
-  /**
-   * Settles tasks and propagates upwards and sideways, in waves: each wave adjusts the
-   * parents' counters once per parent, resumes waiting parents, settles completing ones,
-   * and releases or skips dependents. Waves repeat for the tasks that settled in turn.
-   */
-  private async settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<void> {
-    while (wave.length) {
-      const next: Settling[] = [];
-      const patches: TaskPatch[] = [];
-      const jobs: Array<{ id: string; state: JobState; settled_at: number }> = [];
-      for (const s of wave) {
-        const { row } = s;
-        if (s.state === 'failed' && s.error === undefined) s.error = await this.childFailureError(tx, row);
-        row.state = s.state;
-        if (!s.written) {
-          const patch: TaskPatch = {
-            id: row.id,
-            state: s.state,
-            settled_at: b.now,
-            lease_expires_at: null,
-            open_children: 0,
-            wait_mode: 0,
-          };
-          if (s.error) patch.error = errorJson(s.error);
-          patches.push(patch);
-        }
-        b.taskEvent(row, s.state);
-        if (row.parent_id === null) {
-          const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
-          jobs.push({ id: row.job_id, state: js, settled_at: b.now });
-          b.jobsSettled.push({ jobId: row.job_id, state: js });
-          if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at: b.now });
-        }
-      }
-      await tx.updateTasks(patches);
-      if (jobs.length) await tx.updateJobs(jobs);
-
-      // Parents: one read and one write per parent per wave, however many children settled.
-      const perParent = new Map<string, { open: number; awaited: number; failures: number }>();
-      for (const { row } of wave) {
-        if (row.parent_id === null) continue;
-        let d = perParent.get(row.parent_id);
-        if (!d) {
-          d = { open: 0, awaited: 0, failures: 0 };
-          perParent.set(row.parent_id, d);
-        }
-        d.open++;
-        if (row.awaited) d.awaited++;
-        if (row.state === 'failed' && !row.ignore_failure && !row.observed) d.failures++;
-      }
-      if (perParent.size) {
-        const parents = await tx.getTasks([...perParent.keys()]);
-        const parentPatches: TaskPatch[] = [];
-        for (const p of parents) {
-          if (isSettled(p.state)) continue; // settled by a cancellation in this transaction
-          const d = perParent.get(p.id)!;
-          p.open_children = Math.max(0, p.open_children - d.open);
-          p.unobserved_failures += d.failures;
-          const patch: TaskPatch = {
-            id: p.id,
-            open_children: p.open_children,
-            unobserved_failures: p.unobserved_failures,
-          };
-          if (p.wait_mode === 2 && p.state === 'waiting') {
-            p.wait_remaining = Math.max(0, p.wait_remaining - d.awaited);
-            patch.wait_remaining = p.wait_remaining;
-          }
-          if (
-            p.state === 'waiting' &&
-            ((p.wait_mode === 1 && p.open_children === 0) || (p.wait_mode === 2 && p.wait_remaining === 0))
-          ) {
-            // Resume: the awaited children have all settled; the handler runs again from the top.
-            Object.assign(patch, { state: 'queued', run_at: b.now, wait_mode: 0, wait_remaining: 0 });
-            p.state = 'queued';
-            b.taskEvent(p, 'queued');
-            b.readyTypes.add(p.type);
-          } else if (p.state === 'completing' && p.open_children === 0) {
-            next.push(this.settledByChildren(p));
-          }
-          parentPatches.push(patch);
-        }
-        await tx.updateTasks(parentPatches);
-      }
-
-      next.push(
-        ...(await this.releaseDependents(
-          tx,
-          b,
-          wave.map((s) => s.row),
-        )),
-      );
-      wave = next;
-    }
-  }
-
-  /** Dependents of settled tasks: released when their last dependency succeeds, else skipped. */
-  private async releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[]): Promise<Settling[]> {
-    const byJob = new Map<string, DepInfo[]>();
-    for (const r of settled) {
-      const list = byJob.get(r.job_id);
-      if (list) list.push(r);
-      else byJob.set(r.job_id, [r]);
-    }
-    const skipped: Settling[] = [];
-    for (const [jobId, rows] of byJob) {
-      const edges = await tx.dependents(
-        jobId,
-        rows.map((r) => r.id),
-      );
-      if (!edges.length) continue;
-      const byId = new Map(rows.map((r) => [r.id, r]));
-      const dependents = new Map(
-        (await tx.getTasks([...new Set(edges.map((e) => e.task_id))])).map((r) => [r.id, r]),
-      );
-      const patches = new Map<string, TaskPatch>();
-      for (const e of edges) {
-        const t = dependents.get(e.task_id);
-        const dep = byId.get(e.depends_on)!;
-        if (t?.state !== 'blocked') continue;
-        if (dep.state === 'succeeded' || t.run_regardless) {
-          t.deps_remaining = Math.max(0, t.deps_remaining - 1);
-          const p = patches.get(t.id) ?? { id: t.id };
-          p.deps_remaining = t.deps_remaining;
-          if (t.deps_remaining === 0) {
-            t.state = 'queued';
-            p.state = 'queued';
-            p.run_at = Math.max(t.run_at, b.now);
-            b.taskEvent(t, 'queued');
-            b.readyTypes.add(t.type);
-          }
-          patches.set(t.id, p);
-        } else {
-          t.state = 'skipped'; // guards against a second failing dependency in this batch
-          patches.delete(t.id);
-          skipped.push({ row: t, state: 'skipped', error: dependencyError(dep) });
-        }
-      }
-      await tx.updateTasks([...patches.values()]);
-    }
-    return skipped;
-  }
-
-  private async childFailureError(tx: StoreTx, row: { id: string }): Promise<TaskError> {
-    const child = (await tx.children(row.id)).find(
-      (c) => c.state === 'failed' && !c.observed && !c.ignore_failure,
-    );
-    const cause = child ? (parseJson(child.error) as TaskError | null) : null;
-    return {
-      name: 'ChildTaskFailed',
-      message: child
-        ? `child task ${child.id} (${child.type}) failed and was not awaited: ${cause?.message ?? 'unknown error'}`
-        : 'a child task failed and was not awaited',
-      ...(child ? { childTaskId: child.id } : {}),
-    };
-  }
-}
-
-interface Settling {
-  row: SettleRow;
-  state: 'succeeded' | 'failed' | 'cancelled' | 'skipped';
-  /** The row's own state change is already written (a guarded completion did it). */
-  written?: boolean;
-  /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
-  error?: TaskError | undefined;
-}
-
-/**
- * Serialises handler results before the transaction. A result that JSON cannot hold fails
- * its own task (at once: a retry would return the same value), never the whole batch.
- */
-function serialiseResults(items: Array<AttemptRef & { result: unknown }>) {
-  const seen = new Set<string>();
-  const ok: Array<{ id: string; token: number; result: string | null }> = [];
-  const bad: Array<AttemptRef & { error: TaskError }> = [];
-  for (const i of items) {
-    if (seen.has(i.id)) continue;
-    seen.add(i.id);
-    try {
-      ok.push({ id: i.id, token: i.token, result: toJson(i.result, `result of task ${i.id}`) });
-    } catch (e) {
-      bad.push({
-        id: i.id,
-        token: i.token,
-        error: { name: 'InvalidResult', message: (e as Error).message, retryable: false },
-      });
-    }
-  }
-  return { ok, bad };
-}
-
-function dependencyError(dep: DepInfo): TaskError {
-  return {
-    name: 'DependencyFailed',
-    message: `dependency ${dep.id} (${dep.type}) ${dep.state}`,
-  };
 }

@@ -1,0 +1,227 @@
+/**
+ * Settling: how a task reaching a final state propagates, in the same transaction, to its
+ * parent (counters, resume, settle), to tasks that depend on it (release or skip), and to
+ * its job. Also `terminate`, which ends a task at once and cancels everything below it.
+ */
+import type { SettleRow, StoreTx, TaskCore, TaskPatch } from '../store/store.js';
+import { type Batch, releaseSlots } from './batch.js';
+import { type DepInfo, dependencyError, errorJson, parseJson } from './rows.js';
+import { isSettled, type JobState, type TaskError } from './types.js';
+
+export interface Settling {
+  row: SettleRow;
+  state: 'succeeded' | 'failed' | 'cancelled' | 'skipped';
+  /** The row's own state change is already written (a guarded completion did it). */
+  written?: boolean;
+  /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
+  error?: TaskError | undefined;
+}
+
+/**
+ * Ends a task now with `state` (failed or cancelled): its unsettled descendants are
+ * cancelled first (no orphans), then the task settles.
+ */
+export async function terminate(
+  tx: StoreTx,
+  b: Batch,
+  row: TaskCore,
+  state: 'failed' | 'cancelled',
+  error: TaskError,
+) {
+  const subtree = await tx.unsettledSubtree(row.id);
+  for (const r of subtree) b.terminated.add(r.id);
+  b.terminated.add(row.id);
+  const descendants = subtree.filter((r) => r.id !== row.id);
+  let skipped: Settling[] = [];
+  if (descendants.length) {
+    const cancelled: TaskError = { name: 'Cancelled', message: `ancestor ${row.id} ${state}` };
+    const json = errorJson(cancelled);
+    for (const d of descendants) {
+      if (d.state === 'running') b.cancelledRunning.push(d.id);
+      releaseSlots(b, d);
+      d.state = 'cancelled';
+      b.taskEvent(d, 'cancelled');
+    }
+    await tx.updateTasks(
+      descendants.map((d) => ({
+        id: d.id,
+        state: 'cancelled' as const,
+        error: json,
+        settled_at: b.now,
+        lease_expires_at: null,
+        slots_held: 0,
+        open_children: 0,
+      })),
+    );
+    // Descendants' own parents are all inside the subtree and settle with it, so their
+    // counters need no update; only tasks elsewhere that depend on them are affected.
+    skipped = await releaseDependents(tx, b, descendants);
+  }
+  // The caller may already have released the task's slots (a failing attempt): `row` says.
+  if (row.state === 'running' && state === 'cancelled') b.cancelledRunning.push(row.id);
+  releaseSlots(b, row);
+  await settle(tx, b, [{ row, state, error }, ...skipped]);
+}
+
+/** A task whose handler is done and whose children have all settled: its final state. */
+export function settledByChildren(row: SettleRow & Pick<TaskCore, 'unobserved_failures'>): Settling {
+  return row.unobserved_failures > 0
+    ? { row, state: 'failed', error: undefined }
+    : { row, state: 'succeeded' };
+}
+
+/**
+ * Settles tasks and propagates upwards and sideways, in waves: each wave adjusts the
+ * parents' counters once per parent, resumes waiting parents, settles completing ones,
+ * and releases or skips dependents. Waves repeat for the tasks that settled in turn.
+ */
+export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<void> {
+  while (wave.length) {
+    const next: Settling[] = [];
+    const patches: TaskPatch[] = [];
+    const jobs: Array<{ id: string; state: JobState; settled_at: number }> = [];
+    for (const s of wave) {
+      const { row } = s;
+      if (s.state === 'failed' && s.error === undefined) s.error = await childFailureError(tx, row);
+      row.state = s.state;
+      if (!s.written) {
+        const patch: TaskPatch = {
+          id: row.id,
+          state: s.state,
+          settled_at: b.now,
+          lease_expires_at: null,
+          open_children: 0,
+          wait_mode: 0,
+        };
+        if (s.error) patch.error = errorJson(s.error);
+        patches.push(patch);
+      }
+      b.taskEvent(row, s.state);
+      if (row.parent_id === null) {
+        const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
+        jobs.push({ id: row.job_id, state: js, settled_at: b.now });
+        b.jobsSettled.push({ jobId: row.job_id, state: js });
+        if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at: b.now });
+      }
+    }
+    await tx.updateTasks(patches);
+    if (jobs.length) await tx.updateJobs(jobs);
+
+    // Parents: one read and one write per parent per wave, however many children settled.
+    const perParent = new Map<string, { open: number; awaited: number; failures: number }>();
+    for (const { row } of wave) {
+      if (row.parent_id === null) continue;
+      let d = perParent.get(row.parent_id);
+      if (!d) {
+        d = { open: 0, awaited: 0, failures: 0 };
+        perParent.set(row.parent_id, d);
+      }
+      d.open++;
+      if (row.awaited) d.awaited++;
+      if (row.state === 'failed' && !row.ignore_failure && !row.observed) d.failures++;
+    }
+    if (perParent.size) {
+      const parents = await tx.getTasks([...perParent.keys()]);
+      const parentPatches: TaskPatch[] = [];
+      for (const p of parents) {
+        if (isSettled(p.state)) continue; // settled by a cancellation in this transaction
+        const d = perParent.get(p.id)!;
+        p.open_children = Math.max(0, p.open_children - d.open);
+        p.unobserved_failures += d.failures;
+        const patch: TaskPatch = {
+          id: p.id,
+          open_children: p.open_children,
+          unobserved_failures: p.unobserved_failures,
+        };
+        if (p.wait_mode === 2 && p.state === 'waiting') {
+          p.wait_remaining = Math.max(0, p.wait_remaining - d.awaited);
+          patch.wait_remaining = p.wait_remaining;
+        }
+        if (
+          p.state === 'waiting' &&
+          ((p.wait_mode === 1 && p.open_children === 0) || (p.wait_mode === 2 && p.wait_remaining === 0))
+        ) {
+          // Resume: the awaited children have all settled; the handler runs again from the top.
+          Object.assign(patch, { state: 'queued', run_at: b.now, wait_mode: 0, wait_remaining: 0 });
+          p.state = 'queued';
+          b.taskEvent(p, 'queued');
+          b.readyTypes.add(p.type);
+        } else if (p.state === 'completing' && p.open_children === 0) {
+          next.push(settledByChildren(p));
+        }
+        parentPatches.push(patch);
+      }
+      await tx.updateTasks(parentPatches);
+    }
+
+    next.push(
+      ...(await releaseDependents(
+        tx,
+        b,
+        wave.map((s) => s.row),
+      )),
+    );
+    wave = next;
+  }
+}
+
+/** Dependents of settled tasks: released when their last dependency succeeds, else skipped. */
+export async function releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[]): Promise<Settling[]> {
+  const byJob = new Map<string, DepInfo[]>();
+  for (const r of settled) {
+    const list = byJob.get(r.job_id);
+    if (list) list.push(r);
+    else byJob.set(r.job_id, [r]);
+  }
+  const skipped: Settling[] = [];
+  for (const [jobId, rows] of byJob) {
+    const edges = await tx.dependents(
+      jobId,
+      rows.map((r) => r.id),
+    );
+    if (!edges.length) continue;
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const dependents = new Map(
+      (await tx.getTasks([...new Set(edges.map((e) => e.task_id))])).map((r) => [r.id, r]),
+    );
+    const patches = new Map<string, TaskPatch>();
+    for (const e of edges) {
+      const t = dependents.get(e.task_id);
+      const dep = byId.get(e.depends_on)!;
+      if (t?.state !== 'blocked') continue;
+      if (dep.state === 'succeeded' || t.run_regardless) {
+        t.deps_remaining = Math.max(0, t.deps_remaining - 1);
+        const p = patches.get(t.id) ?? { id: t.id };
+        p.deps_remaining = t.deps_remaining;
+        if (t.deps_remaining === 0) {
+          t.state = 'queued';
+          p.state = 'queued';
+          p.run_at = Math.max(t.run_at, b.now);
+          b.taskEvent(t, 'queued');
+          b.readyTypes.add(t.type);
+        }
+        patches.set(t.id, p);
+      } else {
+        t.state = 'skipped'; // guards against a second failing dependency in this batch
+        patches.delete(t.id);
+        skipped.push({ row: t, state: 'skipped', error: dependencyError(dep) });
+      }
+    }
+    await tx.updateTasks([...patches.values()]);
+  }
+  return skipped;
+}
+
+export async function childFailureError(tx: StoreTx, row: { id: string }): Promise<TaskError> {
+  const child = (await tx.children(row.id)).find(
+    (c) => c.state === 'failed' && !c.observed && !c.ignore_failure,
+  );
+  const cause = child ? (parseJson(child.error) as TaskError | null) : null;
+  return {
+    name: 'ChildTaskFailed',
+    message: child
+      ? `child task ${child.id} (${child.type}) failed and was not awaited: ${cause?.message ?? 'unknown error'}`
+      : 'a child task failed and was not awaited',
+    ...(child ? { childTaskId: child.id } : {}),
+  };
+}
