@@ -189,20 +189,24 @@ export class Dynatask<M extends TaskMap = TaskMap> {
     this.presence.unref();
   }
 
-  /** Stops claiming and waits for running handlers to finish. */
-  async stop(): Promise<void> {
+  /**
+   * Stops claiming and waits up to `graceMs` (default 30 s) for running handlers to finish;
+   * handlers still running then are aborted and their tasks retried elsewhere once their
+   * leases expire.
+   */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
     clearInterval(this.sweeper);
     clearInterval(this.presence);
     if (this.worker) {
-      await this.worker.stop();
+      await this.worker.stop(opts.graceMs);
       this.worker = undefined;
       await this.store.removeWorker(this.workerId);
     }
   }
 
-  /** Stops and closes the store. */
-  async close(): Promise<void> {
-    await this.stop();
+  /** Stops (see `stop`) and closes the store. */
+  async close(opts: { graceMs?: number } = {}): Promise<void> {
+    await this.stop(opts);
     this.jobUnsub?.();
     await this.store.close();
   }

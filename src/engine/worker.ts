@@ -98,15 +98,28 @@ export class Worker {
     this.pump();
   }
 
-  /** Stops claiming; waits for running handlers to finish and their outcomes to be stored. */
-  async stop(): Promise<void> {
+  /**
+   * Stops claiming and waits up to `graceMs` for running handlers to finish and their
+   * outcomes to be stored, heartbeating meanwhile. Handlers still running then are aborted
+   * and abandoned: their leases expire and the tasks are retried by another worker.
+   */
+  async stop(graceMs = 30_000): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
+    const deadline = Date.now() + graceMs;
+    const busy = () => this.running.size > 0 || this.completions.length || this.failures.length || this.flushing;
+    while (busy() && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((r) => this.idleWaiters.push(r)),
+        new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
+      ]);
+      clearTimeout(timer);
+    }
     clearInterval(this.heartbeatTimer);
     for (const u of this.unsubscribe.splice(0)) u();
-    while (this.running.size > 0 || this.completions.length || this.failures.length || this.flushing) {
-      await new Promise<void>((r) => this.idleWaiters.push(r));
-    }
+    for (const r of this.running.values()) r.controller.abort(new Error('worker stopped'));
+    if (this.flushing) await this.flushing;
   }
 
   /** Number of handlers running now. */
