@@ -14,18 +14,55 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-it('examples/quickstart.ts runs and prints the job result', async () => {
+/** Runs examples/<name>.ts as its own process, on a database file of its own; returns its stdout. */
+async function run(name: string, args: string[] = []): Promise<string> {
   // `dynatask` resolves to this package itself (package.json "exports"), so dist/ must be built.
   const { stdout } = await promisify(execFile)(
     process.execPath,
-    ['--import', 'tsx', join(root, 'examples', 'quickstart.ts')],
+    ['--import', 'tsx', join(root, 'examples', `${name}.ts`), ...args],
     {
       cwd: root,
-      env: { ...process.env, DYNATASK_DATABASE_URL: join(dir, 'quickstart.db') },
+      env: { ...process.env, DYNATASK_DATABASE_URL: join(dir, `${name}.db`) },
       timeout: 60_000,
     },
   );
-  expect(stdout.trim()).toBe('{ rows: 4, invalid: 1 }');
+  return stdout;
+}
+
+it('examples/quickstart.ts runs and prints the job result', async () => {
+  expect((await run('quickstart')).trim()).toBe('{ rows: 4, invalid: 1 }');
+});
+
+it('examples/crawler.ts fetches every reachable page once, at most two at once per host', async () => {
+  const out = await run('crawler');
+  const lines = out.trim().split('\n');
+  const pages = [
+    'https://blog.example/',
+    'https://blog.example/review-p3',
+    'https://shop.example/',
+    'https://shop.example/about',
+    'https://shop.example/cart',
+    'https://shop.example/p/1',
+    'https://shop.example/p/2',
+    'https://shop.example/p/3',
+    'https://shop.example/p/4',
+  ];
+  // Each page once: a page counted by two parents would show twice here.
+  expect(lines.slice(0, 1 + pages.length)).toEqual([
+    `pages found: ${pages.length}`,
+    ...pages.map((p) => `  ${p}`),
+  ]);
+  expect(lines).toContain('broken links: https://shop.example/missing');
+  // One fetch per unique URL, the broken one included: dedup keys, and steps across re-runs.
+  expect(lines).toContain(`fetches: ${pages.length + 1} (repeated: 0)`);
+  const most = Object.fromEntries(
+    lines.flatMap((l) =>
+      [...l.matchAll(/^most fetches at once on (\S+): (\d+)$/g)].map((m) => [m[1], Number(m[2])]),
+    ),
+  );
+  // The root page links to six shop pages at once: the per-host limit holds them to two.
+  expect(most).toEqual({ 'shop.example': 2, 'blog.example': expect.any(Number) });
+  expect(most['blog.example']).toBeLessThanOrEqual(2);
 });
 
 it('README.md shows examples/quickstart.ts as it is', () => {
