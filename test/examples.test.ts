@@ -65,6 +65,30 @@ it('examples/crawler.ts fetches every reachable page once, at most two at once p
   expect(most['blog.example']).toBeLessThanOrEqual(2);
 });
 
+it('examples/ci-pipeline.ts deploys a good commit and skips the deploy of a broken one', async () => {
+  const out = await run('ci-pipeline');
+  const [good, broken] = out.split(/^(?=pipeline )/m).map((run) => run.trim().split('\n'));
+  const step = (lines: string[], name: string) => lines.find((l) => l.startsWith(`  ${name} `))?.trim();
+
+  expect(good![0]).toBe('pipeline a1b2c3d: passed');
+  for (const name of ['build', 'test:unit', 'test:integration', 'test:lint', 'deploy', 'notify'])
+    expect(step(good!, name)).toMatch(new RegExp(`^${name} +succeeded `));
+  expect(step(good!, 'deploy')).toContain('https://staging.example/a1b2c3d');
+  // The three suites ran in parallel once the build had succeeded.
+  expect(Number(good!.at(-1)!.match(/up to (\d+)/)![1])).toBeGreaterThan(1);
+
+  expect(broken![0]).toBe('pipeline e4f5a6b: failed');
+  expect(step(broken!, 'test:integration')).toBe(
+    'test:integration failed    NonRetryableError: 2 of 48 integration tests failed',
+  );
+  expect(step(broken!, 'test:unit')).toMatch(/^test:unit +succeeded /);
+  expect(step(broken!, 'deploy')).toBe(
+    'deploy           skipped   DependencyFailed: dependency test:integration (test) failed',
+  );
+  // notify ran regardless, and saw the deploy skipped.
+  expect(step(broken!, 'notify')).toMatch(/^notify +succeeded .*test:integration failed.*deploy skipped$/);
+});
+
 it('README.md shows examples/quickstart.ts as it is', () => {
   const readme = readFileSync(join(root, 'README.md'), 'utf8');
   const example = readFileSync(join(root, 'examples', 'quickstart.ts'), 'utf8');
