@@ -89,6 +89,23 @@ it('examples/ci-pipeline.ts deploys a good commit and skips the deploy of a brok
   expect(step(broken!, 'notify')).toMatch(/^notify +succeeded .*test:integration failed.*deploy skipped$/);
 });
 
+it('examples/render.ts renders every frame once and reports progress to 100%', async () => {
+  const lines = (await run('render', ['5'])).trim().split('\n');
+  const progress = lines.flatMap((l) => [...l.matchAll(/^rendering +(\d+)%/g)].map((m) => Number(m[1])));
+  expect(progress.length).toBeGreaterThan(1);
+  expect(progress).toEqual([...progress].sort((a, b) => a - b));
+  expect(progress.at(-1)).toBe(100);
+  const done = lines.flatMap((l) => [...l.matchAll(/^frame (\d+) done \((\d+)\/5\)$/g)]);
+  expect(done.map((m) => Number(m[1])).sort()).toEqual([0, 1, 2, 3, 4]);
+  expect(done.map((m) => Number(m[2]))).toEqual([1, 2, 3, 4, 5]);
+  expect(lines).toContain('rendered frames: 0 1 2 3 4');
+  // Each frame's handler ran again after waiting for its post-processing, but the render
+  // step ran once per frame.
+  const [, renders, runs] = lines.at(-1)!.match(/^renders: (\d+), frame handler runs: (\d+)$/)!;
+  expect(Number(renders)).toBe(5);
+  expect(Number(runs)).toBeGreaterThan(5);
+});
+
 it('README.md shows examples/quickstart.ts as it is', () => {
   const readme = readFileSync(join(root, 'README.md'), 'utf8');
   const example = readFileSync(join(root, 'examples', 'quickstart.ts'), 'utf8');
