@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// tsc does not copy .sql files: put the migrations next to the compiled stores in dist/.
+// tsc does not copy .sql files: put each store's migrations next to its compiled code in dist/.
 import { cpSync } from 'node:fs';
 
-cpSync('src/store/sqlite/migrations', 'dist/store/sqlite/migrations', { recursive: true });
+for (const store of ['sqlite', 'postgres']) {
+  cpSync(`src/store/${store}/migrations`, `dist/store/${store}/migrations`, { recursive: true });
+}

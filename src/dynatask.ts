@@ -24,7 +24,7 @@ import type { JobRow, ListJobsQuery, Store, TaskRow } from './store/store.js';
 
 export interface OpenOptions {
   /**
-   * Where to store: a SQLite file path, ':memory:', or (next release) a postgres:// URL.
+   * Where to store: a SQLite file path, ':memory:', or a postgres:// URL (`?schema=` chooses the schema).
    * Defaults to $DYNATASK_DATABASE_URL, else `.dynatask/dynatask.db` in the working directory.
    */
   database?: string;

@@ -16,5 +16,6 @@ export {
 export * from './engine/types.js';
 export type { Handler } from './engine/worker.js';
 export { openStore } from './store/open.js';
+export { PostgresStore, type PostgresStoreOptions } from './store/postgres/postgres-store.js';
 export { SqliteStore } from './store/sqlite/sqlite-store.js';
 export type { Store, StoreTx } from './store/store.js';

@@ -10,6 +10,7 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { TaskState } from '../../engine/types.js';
+import { Mutex } from '../mutex.js';
 import type {
   AttemptRow,
   ClaimByIdsQuery,
@@ -31,7 +32,6 @@ import type {
   TaskRow,
   TypeConfigRow,
 } from '../store.js';
-import { Mutex } from './mutex.js';
 
 type Statement = Database.Statement;
 

@@ -1,4 +1,4 @@
-/** A FIFO async mutex: operations on the single SQLite connection run one at a time. */
+/** A FIFO async mutex: a store runs its transactions one at a time (see each store for why). */
 export class Mutex {
   private tail: Promise<unknown> = Promise.resolve();
 

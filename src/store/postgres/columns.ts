@@ -1,0 +1,124 @@
+/**
+ * The columns of the tasks table as TypeScript sees them: names checked against TaskRow, with
+ * the Postgres type each array parameter is cast to in batched statements (`unnest($1::text[])`).
+ * test/postgres.schema.test.ts checks these against the migrated table.
+ */
+import type { TaskRow } from '../store.js';
+
+/** A column's Postgres type, and `null` when it is nullable. */
+export type ColumnType = 'text' | 'text null' | 'integer' | 'integer null' | 'bigint' | 'bigint null';
+
+export const TASK_COLUMN_TYPES = {
+  job_id: 'text',
+  id: 'text',
+  namespace: 'text',
+  parent_id: 'text null',
+  spawn_key: 'text null',
+  dedup_key: 'text null',
+  type: 'text',
+  payload: 'text null',
+  state: 'text',
+  priority: 'integer',
+  run_at: 'bigint',
+  attempt: 'integer',
+  max_attempts: 'integer null',
+  backoff_ms: 'bigint null',
+  max_backoff_ms: 'bigint null',
+  timeout_ms: 'bigint null',
+  run_token: 'integer',
+  lease_expires_at: 'bigint null',
+  concurrency_key: 'text null',
+  slots_held: 'integer',
+  open_children: 'integer',
+  wait_mode: 'integer',
+  wait_remaining: 'integer',
+  awaited: 'integer',
+  unobserved_failures: 'integer',
+  observed: 'integer',
+  ignore_failure: 'integer',
+  deps_remaining: 'integer',
+  run_regardless: 'integer',
+  handler_done: 'integer',
+  result: 'text null',
+  error: 'text null',
+  progress: 'text null',
+  created_at: 'bigint',
+  started_at: 'bigint null',
+  finished_at: 'bigint null',
+  settled_at: 'bigint null',
+} as const satisfies Record<keyof TaskRow, ColumnType>;
+
+export type TaskColumn = keyof typeof TASK_COLUMN_TYPES;
+
+export const TASK_COLUMNS = Object.keys(TASK_COLUMN_TYPES) as TaskColumn[];
+
+/** The array type a column's values are bound as. */
+export const arrayType = (c: TaskColumn) => `${TASK_COLUMN_TYPES[c].replace(' null', '')}[]`;
+
+export const isNullable = (c: TaskColumn) => TASK_COLUMN_TYPES[c].endsWith(' null');
+
+const JSON_TEXTS = new Set<TaskColumn>(['payload', 'result', 'error', 'progress']);
+
+/** TaskCore: everything but the JSON texts. */
+export const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXTS.has(c));
+
+/** A column list for SQL, optionally qualified by a table alias. */
+export const list = (cols: readonly string[], alias?: string) =>
+  cols.map((c) => (alias ? `${alias}.${c}` : c)).join(', ');
+
+export const OUTCOME_COLUMNS = [
+  'id',
+  'type',
+  'parent_id',
+  'spawn_key',
+  'state',
+  'result',
+  'error',
+  'observed',
+  'ignore_failure',
+] as const satisfies readonly TaskColumn[];
+
+export const KEYED_COLUMNS = [
+  'id',
+  'job_id',
+  'type',
+  'parent_id',
+  'spawn_key',
+  'dedup_key',
+  'state',
+] as const satisfies readonly TaskColumn[];
+
+export const CLAIM_COLUMNS = [
+  'id',
+  'job_id',
+  'namespace',
+  'parent_id',
+  'type',
+  'payload',
+  'state',
+  'priority',
+  'run_at',
+  'attempt',
+  'run_token',
+  'timeout_ms',
+  'concurrency_key',
+  'slots_held',
+  'started_at',
+  'lease_expires_at',
+] as const satisfies readonly TaskColumn[];
+
+export const COMPLETED_COLUMNS = [
+  'id',
+  'job_id',
+  'namespace',
+  'parent_id',
+  'type',
+  'state',
+  'awaited',
+  'ignore_failure',
+  'observed',
+  'slots_held',
+  'concurrency_key',
+  'open_children',
+  'unobserved_failures',
+] as const satisfies readonly TaskColumn[];

@@ -1,0 +1,281 @@
+/**
+ * The PostgreSQL store: many processes, one database. Same tables and semantics as the SQLite
+ * store; every object lives in one schema (default `dynatask`).
+ *
+ * A transaction takes a client from the pool and runs BEGIN ... COMMIT around the engine's
+ * operation, at READ COMMITTED. Rows a transition reads to change are locked: `getTasks` locks
+ * in id order, claims skip locked rows, slot counts are locked while a claim takes them.
+ *
+ * One store runs its transactions one at a time, as the SQLite store does; concurrency comes
+ * from more processes (or more stores). The engine stamps a transaction's writes and events
+ * with the time it began, so two overlapping transactions of one process that commit in the
+ * other order would record a parent settling before its child, and deliver events out of
+ * time order. Queries outside transactions (getJob, getTask, ...) use the other connections.
+ * A transaction that deadlocks anyway (two batches updating rows in different orders) is
+ * rolled back by Postgres and run again here, and so is one that lost a race for a spawn or
+ * dedup key (see PostgresTx.lostKeyRace): the engine's operations only touch the store inside
+ * the transaction, so running one again is safe.
+ *
+ * Choosing the schema: `?schema=name` on the URL (removed before connecting), or the `schema`
+ * option. Bigints (millisecond times, counts) come back as JavaScript numbers.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import pg from 'pg';
+import type { TaskState } from '../../engine/types.js';
+import { Mutex } from '../mutex.js';
+import type {
+  AttemptRow,
+  JobRow,
+  ListJobsQuery,
+  Store,
+  StoreTx,
+  TaskPage,
+  TaskRow,
+  TypeConfigRow,
+} from '../store.js';
+import { listJobsSql, queries } from './queries.js';
+import { PostgresTx, type TxContext } from './tx.js';
+
+/** Where the migrations live, next to this file both in src/ and in dist/. */
+const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
+
+export const DEFAULT_SCHEMA = 'dynatask';
+
+export interface PostgresStoreOptions {
+  /** A postgres:// or postgresql:// URL; `?schema=` chooses the schema. */
+  url: string;
+  /** The schema of every dynatask table (wins over the URL's). Default `dynatask`. */
+  schema?: string;
+  /** Connections in the pool. Default 10. */
+  poolSize?: number;
+}
+
+/** Splits the `schema` parameter off a connection URL: pg would pass it to the server. */
+export function parsePostgresUrl(url: string): { url: string; schema: string | undefined } {
+  const q = url.indexOf('?');
+  if (q < 0) return { url, schema: undefined };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const schema = params.get('schema') ?? undefined;
+  params.delete('schema');
+  const rest = params.toString();
+  return { url: rest ? `${url.slice(0, q)}?${rest}` : url.slice(0, q), schema };
+}
+
+/** Postgres errors after which the whole transaction can simply run again. */
+const RETRYABLE = new Set([
+  '40P01', // deadlock_detected
+  '40001', // serialization_failure
+]);
+const MAX_TRIES = 8;
+
+/** int8 as a JavaScript number: every bigint here (ms times, counts) is far below 2^53. */
+const types = {
+  getTypeParser(oid: number, format?: 'text' | 'binary') {
+    if (oid === pg.types.builtins.INT8 && format !== 'binary') return (v: string) => Number(v);
+    return pg.types.getTypeParser(oid, format);
+  },
+} as pg.CustomTypesConfig;
+
+export class PostgresStore implements Store {
+  readonly kind = 'postgres' as const;
+  readonly schema: string;
+  private readonly pool: pg.Pool;
+  private readonly ctx: TxContext;
+  private readonly mutex = new Mutex();
+  private closed = false;
+
+  constructor(opts: PostgresStoreOptions) {
+    const parsed = parsePostgresUrl(opts.url);
+    this.schema = opts.schema ?? parsed.schema ?? DEFAULT_SCHEMA;
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(this.schema))
+      throw new Error(
+        `schema ${JSON.stringify(this.schema)}: use letters, digits and underscores (at most 63), not starting with a digit`,
+      );
+    this.pool = new pg.Pool({ connectionString: parsed.url, max: opts.poolSize ?? 10, types });
+    // An idle connection that breaks (server restart) is dropped by the pool; the next query
+    // opens a new one. Without a listener the error would crash the process.
+    this.pool.on('error', () => {});
+    const s = `"${this.schema}"`;
+    this.ctx = { schema: s, q: queries(s), updates: new Map() };
+  }
+
+  /** Applies the migrations not yet applied, in order, in one transaction. */
+  async migrate(): Promise<void> {
+    const s = this.ctx.schema;
+    const files = readdirSync(MIGRATIONS_DIR)
+      .filter((f) => f.endsWith('.sql'))
+      .sort();
+    await this.withClient(async (client) => {
+      // Must come first: a second process migrating the same schema at the same time waits
+      // here, then finds the versions the first one recorded.
+      await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [migrationLockKey(this.schema)]);
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS ${s}.schema_migrations (
+           version text PRIMARY KEY,
+           applied_at timestamptz NOT NULL DEFAULT now()
+         )`,
+      );
+      const done = new Set(
+        (await client.query<{ version: string }>(`SELECT version FROM ${s}.schema_migrations`)).rows.map(
+          (r) => r.version,
+        ),
+      );
+      const unknown = [...done].filter((v) => !files.includes(v));
+      if (unknown.length)
+        throw new Error(
+          `schema ${this.schema} has migrations this version of dynatask does not know (${unknown.join(', ')}): upgrade dynatask`,
+        );
+      for (const f of files) {
+        if (done.has(f)) continue;
+        await client.query(readFileSync(new URL(f, MIGRATIONS_DIR), 'utf8').replaceAll(':"schema"', s));
+        await client.query(`INSERT INTO ${s}.schema_migrations (version) VALUES ($1)`, [f]);
+      }
+    });
+  }
+
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    return this.mutex.run(() => this.runTransaction(fn));
+  }
+
+  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      let tx: PostgresTx | undefined;
+      try {
+        return await this.withClient((client) => {
+          tx = new PostgresTx(client, this.ctx);
+          return fn(tx);
+        });
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        const again = tx?.lostKeyRace || (code !== undefined && RETRYABLE.has(code));
+        if (!again || attempt >= MAX_TRIES) throw e;
+        // The other transaction goes on; start again a little later, at a random moment.
+        await new Promise((r) => setTimeout(r, Math.random() * 5 * attempt));
+      }
+    }
+  }
+
+  /** BEGIN, `fn`, COMMIT on one pooled client; ROLLBACK if `fn` throws. */
+  private async withClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    this.checkOpen();
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN');
+      const out = await fn(client);
+      await client.query('COMMIT');
+      return out;
+    } catch (e) {
+      await client.query('ROLLBACK').catch((rollbackError: Error) => {
+        broken = rollbackError; // the connection is unusable: the pool must not reuse it
+      });
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  private async rows<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {
+    return (await this.query<R>(text, values)).rows;
+  }
+
+  private query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+    this.checkOpen();
+    return this.pool.query<R>(text, values);
+  }
+
+  // ---- read-only queries and single statements, outside any transaction
+
+  async getJob(id: string): Promise<JobRow | undefined> {
+    return (await this.rows<JobRow>(this.ctx.q.getJob, [id]))[0];
+  }
+
+  jobCounts(jobId: string): Promise<Array<{ state: TaskState; n: number }>> {
+    return this.rows(this.ctx.q.jobCounts, [jobId]);
+  }
+
+  listJobs(q: ListJobsQuery): Promise<JobRow[]> {
+    const filters: Parameters<typeof listJobsSql>[1] = [];
+    const values: unknown[] = [];
+    const add = (f: (typeof filters)[number], v: unknown) => {
+      filters.push(f);
+      values.push(v);
+    };
+    if (q.namespace !== undefined) add('namespace', q.namespace);
+    if (q.state) add('state', q.state);
+    if (q.type) add('type', q.type);
+    if (q.createdAfter !== undefined) add('createdAfter', q.createdAfter);
+    if (q.createdBefore !== undefined) add('createdBefore', q.createdBefore);
+    if (q.before) add('before', q.before);
+    return this.rows(listJobsSql(this.ctx.schema, filters), [...values, q.limit]);
+  }
+
+  async getTask(id: string): Promise<TaskRow | undefined> {
+    return (await this.rows<TaskRow>(this.ctx.q.getTask, [id]))[0];
+  }
+
+  attempts(jobId: string, taskId: string): Promise<AttemptRow[]> {
+    return this.rows(this.ctx.q.attempts, [jobId, taskId]);
+  }
+
+  async taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage> {
+    const rows = await this.rows<TaskRow>(this.ctx.q.taskPage, [jobId, after ?? '', limit + 1]);
+    const more = rows.length > limit;
+    const tasks = more ? rows.slice(0, limit) : rows;
+    return { tasks, next: more ? tasks[tasks.length - 1]!.id : null };
+  }
+
+  typeConfigs(namespace: string): Promise<TypeConfigRow[]> {
+    return this.rows(this.ctx.q.typeConfigs, [namespace]);
+  }
+
+  async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
+    if (!types.length) return null;
+    return (await this.rows<{ t: number | null }>(this.ctx.q.nextRunAt, [namespace, types]))[0]?.t ?? null;
+  }
+
+  async getStep(jobId: string, taskId: string, name: string): Promise<string | undefined> {
+    return (await this.rows<{ value: string }>(this.ctx.q.getStep, [jobId, taskId, name]))[0]?.value;
+  }
+
+  queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>> {
+    return this.rows(this.ctx.q.queuedByType, [namespace]);
+  }
+
+  async touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void> {
+    await this.query(this.ctx.q.touchWorker, [id, namespace, types, now]);
+  }
+
+  async removeWorker(id: string): Promise<void> {
+    await this.query(this.ctx.q.removeWorker, [id]);
+  }
+
+  async liveTypes(namespace: string, since: number): Promise<string[]> {
+    const rows = await this.rows<{ type: string }>(this.ctx.q.liveTypes, [namespace, since]);
+    return rows.map((r) => r.type).sort();
+  }
+
+  async purgeJobs(namespace: string, before: number, limit: number): Promise<number> {
+    return (await this.query(this.ctx.q.purgeJobs, [namespace, before, limit])).rowCount ?? 0;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // pg-pool serves a checkout on the next tick; ending the pool before then would leave that
+    // checkout waiting forever. Let it through first: pool.end() then waits for its release.
+    await new Promise((r) => setImmediate(r));
+    await this.pool.end();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error('the dynatask store is closed');
+  }
+}
+
+/** The advisory lock that serialises migrations of one schema (a stable 64-bit hash of it). */
+function migrationLockKey(schema: string): string {
+  return createHash('sha256').update(`dynatask migrate ${schema}`).digest().readBigInt64BE(0).toString();
+}

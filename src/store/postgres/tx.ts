@@ -1,0 +1,277 @@
+/**
+ * The StoreTx of the Postgres store: the operations the engine runs inside one transaction,
+ * on the transaction's client. Each is one statement (one round trip) whatever the batch size.
+ */
+import type pg from 'pg';
+import type {
+  AttemptRow,
+  ClaimByIdsQuery,
+  ClaimCandidate,
+  ClaimQuery,
+  ClaimRow,
+  CompletedRow,
+  DepRow,
+  JobRow,
+  KeyedRow,
+  OutcomeRow,
+  SlotRow,
+  StoreTx,
+  TaskCore,
+  TaskPatch,
+  TaskRow,
+  TypeConfigRow,
+} from '../store.js';
+import { isNullable, TASK_COLUMNS, type TaskColumn } from './columns.js';
+import { type Queries, updateTasksSql } from './queries.js';
+
+/** Shared by the transactions of one store: statement texts, and the UPDATEs built so far. */
+export interface TxContext {
+  schema: string;
+  q: Queries;
+  updates: Map<string, string>;
+}
+
+export class PostgresTx implements StoreTx {
+  /**
+   * Set when insertTasks skipped a row because a concurrent transaction had just taken its
+   * key. The engine then gives up on the operation; the store runs it again, and this time
+   * it finds the other transaction's task (as if the two had run one after the other).
+   */
+  lostKeyRace = false;
+  /** Per namespace, the slot keys getSlots returned (and locked) in this transaction. */
+  private readonly slotKeys = new Map<string, string[]>();
+
+  constructor(
+    private readonly client: pg.PoolClient,
+    private readonly ctx: TxContext,
+  ) {}
+
+  private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
+    return (await this.client.query(text, values)).rows as R[];
+  }
+
+  now(): number {
+    return Date.now();
+  }
+
+  async insertJobs(rows: JobRow[]): Promise<void> {
+    if (!rows.length) return;
+    await this.client.query(this.ctx.q.insertJobs, [
+      rows.map((r) => r.id),
+      rows.map((r) => r.namespace),
+      rows.map((r) => r.type),
+      rows.map((r) => r.root_task_id),
+      rows.map((r) => r.state),
+      rows.map((r) => r.created_at),
+      rows.map((r) => r.settled_at),
+    ]);
+  }
+
+  async getJobs(ids: string[]): Promise<JobRow[]> {
+    if (!ids.length) return [];
+    return this.rows(this.ctx.q.getJobs, [ids]);
+  }
+
+  async updateJobs(
+    patches: Array<{ id: string; state: JobRow['state']; settled_at: number }>,
+  ): Promise<void> {
+    if (!patches.length) return;
+    await this.client.query(this.ctx.q.updateJobs, [
+      patches.map((p) => p.id),
+      patches.map((p) => p.state),
+      patches.map((p) => p.settled_at),
+    ]);
+  }
+
+  async insertTasks(rows: TaskRow[]): Promise<Set<string>> {
+    if (!rows.length) return new Set();
+    const inserted = await this.rows<{ id: string }>(
+      this.ctx.q.insertTasks,
+      TASK_COLUMNS.map((c) => rows.map((r) => r[c])),
+    );
+    if (inserted.length < rows.length) this.lostKeyRace = true;
+    return new Set(inserted.map((r) => r.id));
+  }
+
+  async getTasks(ids: string[]): Promise<TaskCore[]> {
+    if (!ids.length) return [];
+    return this.rows(this.ctx.q.getTasks, [ids]);
+  }
+
+  /**
+   * All patches in one UPDATE. Patches of one id are merged first, later columns winning, as
+   * if applied in order (one statement cannot update a row twice).
+   */
+  async updateTasks(patches: TaskPatch[]): Promise<void> {
+    const byId = new Map<string, Record<string, unknown>>();
+    for (const p of patches) {
+      const merged = byId.get(p.id) ?? {};
+      for (const [k, v] of Object.entries(p)) if (k !== 'id' && v !== undefined) merged[k] = v;
+      byId.set(p.id, merged);
+    }
+    for (const [id, p] of byId) if (Object.keys(p).length === 0) byId.delete(id);
+    if (!byId.size) return;
+    const merged = [...byId.values()];
+    const names = [...new Set(merged.flatMap((p) => Object.keys(p)))].sort() as TaskColumn[];
+    const columns = names.map((name) => ({ name, partial: merged.some((p) => !(name in p)) }));
+    const key = columns.map((c) => (c.partial ? `${c.name}?` : c.name)).join(',');
+    let sql = this.ctx.updates.get(key);
+    if (!sql) {
+      sql = updateTasksSql(this.ctx.schema, columns);
+      this.ctx.updates.set(key, sql);
+    }
+    const values: unknown[] = [[...byId.keys()]];
+    for (const { name, partial } of columns) {
+      values.push(merged.map((p) => p[name] ?? null));
+      if (partial && isNullable(name)) values.push(merged.map((p) => name in p));
+    }
+    await this.client.query(sql, values);
+  }
+
+  async findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]> {
+    if (!keys.length) return [];
+    return this.rows(this.ctx.q.findChildrenByKey, [parentId, keys]);
+  }
+
+  async findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]> {
+    if (!keys.length) return [];
+    return this.rows(this.ctx.q.findByDedupKey, [jobId, keys]);
+  }
+
+  async children(parentId: string): Promise<OutcomeRow[]> {
+    return this.rows(this.ctx.q.children, [parentId]);
+  }
+
+  async outcomes(ids: string[]): Promise<OutcomeRow[]> {
+    if (!ids.length) return [];
+    return this.rows(this.ctx.q.outcomes, [ids]);
+  }
+
+  async claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]> {
+    return this.rows(this.ctx.q.claimCandidates, [
+      q.namespace,
+      q.type,
+      q.now,
+      q.limit,
+      this.slotKeys.get(q.namespace) ?? null,
+      q.excludeKeys,
+    ]);
+  }
+
+  async claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]> {
+    if (!q.ids.length) return [];
+    return this.rows(this.ctx.q.claimByIds, [
+      q.ids,
+      q.ids.map((id) => q.slotsHeld[id] ?? 0),
+      q.now,
+      q.leaseMs,
+      q.graceMs,
+      JSON.stringify(q.typeTimeouts),
+    ]);
+  }
+
+  async completeRunning(
+    items: Array<{ id: string; token: number; result: string | null }>,
+    now: number,
+  ): Promise<CompletedRow[]> {
+    if (!items.length) return [];
+    return this.rows(this.ctx.q.completeRunning, [
+      items.map((i) => i.id),
+      items.map((i) => i.token),
+      items.map((i) => i.result),
+      now,
+    ]);
+  }
+
+  async expiredLeases(now: number, limit: number): Promise<TaskCore[]> {
+    return this.rows(this.ctx.q.expiredLeases, [now, limit]);
+  }
+
+  /**
+   * One statement, read again only if it missed something: its snapshot may predate a spawn
+   * that committed while it waited for a parent's lock. Each unsettled task counts its
+   * unsettled children (open_children), so a result is complete when every task in it has
+   * that many children in it. Once the statement has locked a parent, no child can be
+   * spawned under it, so a second read (a new snapshot) finds the rest.
+   */
+  async unsettledSubtree(rootId: string): Promise<TaskCore[]> {
+    for (let read = 1; ; read++) {
+      const rows = await this.rows<TaskCore>(this.ctx.q.unsettledSubtree, [rootId]);
+      const found = new Map<string, number>();
+      for (const r of rows)
+        if (r.parent_id !== null) found.set(r.parent_id, (found.get(r.parent_id) ?? 0) + 1);
+      if (read >= 5 || rows.every((r) => (found.get(r.id) ?? 0) === r.open_children)) return rows;
+    }
+  }
+
+  async insertDeps(rows: DepRow[]): Promise<void> {
+    if (!rows.length) return;
+    await this.client.query(this.ctx.q.insertDeps, [
+      rows.map((r) => r.job_id),
+      rows.map((r) => r.depends_on),
+      rows.map((r) => r.task_id),
+    ]);
+  }
+
+  async dependents(jobId: string, ids: string[]): Promise<DepRow[]> {
+    if (!ids.length) return [];
+    return this.rows(this.ctx.q.dependents, [jobId, ids]);
+  }
+
+  async insertAttempts(rows: AttemptRow[]): Promise<void> {
+    // One statement cannot upsert a row twice: the last of a repeated attempt wins, as in order.
+    const last = new Map(rows.map((r) => [`${r.job_id}\0${r.task_id}\0${r.attempt}`, r]));
+    if (!last.size) return;
+    const list = [...last.values()];
+    await this.client.query(this.ctx.q.insertAttempts, [
+      list.map((r) => r.job_id),
+      list.map((r) => r.task_id),
+      list.map((r) => r.attempt),
+      list.map((r) => r.started_at),
+      list.map((r) => r.finished_at),
+      list.map((r) => r.error),
+    ]);
+  }
+
+  async putStep(jobId: string, taskId: string, name: string, value: string): Promise<void> {
+    await this.client.query(this.ctx.q.putStep, [jobId, taskId, name, value]);
+  }
+
+  async getSlots(namespace: string): Promise<SlotRow[]> {
+    const rows = await this.rows<SlotRow>(this.ctx.q.getSlots, [namespace]);
+    this.slotKeys.set(
+      namespace,
+      rows.map((r) => r.key),
+    );
+    return rows;
+  }
+
+  async setSlotMax(namespace: string, key: string, max: number): Promise<void> {
+    await this.client.query(this.ctx.q.setSlotMax, [namespace, key, max]);
+  }
+
+  async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
+    const changed = [...deltas].filter(([, d]) => d !== 0);
+    if (!changed.length) return;
+    await this.client.query(this.ctx.q.adjustSlots, [
+      namespace,
+      changed.map(([k]) => k),
+      changed.map(([, d]) => d),
+    ]);
+  }
+
+  async upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void> {
+    const last = new Map(rows.map((r) => [`${r.namespace}\0${r.type}`, r]));
+    if (!last.size) return;
+    const list = [...last.values()];
+    await this.client.query(this.ctx.q.upsertTypeConfigs, [
+      list.map((r) => r.namespace),
+      list.map((r) => r.type),
+      list.map((r) => r.max_attempts),
+      list.map((r) => r.backoff_ms),
+      list.map((r) => r.max_backoff_ms),
+      list.map((r) => r.timeout_ms),
+      list.map((r) => r.concurrency),
+    ]);
+  }
+}
