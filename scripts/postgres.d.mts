@@ -1,0 +1,12 @@
+/** Types of scripts/postgres.mjs, for the tests that import it. */
+export interface PrivatePostgres {
+  /** Superuser `postgres`, database `postgres`, over the unix socket. */
+  url: string;
+  port: number;
+  dir: string;
+  /** Stops the server and deletes its folder. */
+  stop(): void;
+}
+export function givenPostgresUrl(): string | undefined;
+export function pgBinary(name: string): string;
+export function startPostgres(opts?: { log?: (message: string) => void }): Promise<PrivatePostgres>;
