@@ -107,7 +107,8 @@ export class Worker {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
     const deadline = Date.now() + graceMs;
-    const busy = () => this.running.size > 0 || this.completions.length || this.failures.length || this.flushing;
+    const busy = () =>
+      this.running.size > 0 || this.completions.length || this.failures.length || this.flushing;
     while (busy() && Date.now() < deadline) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
