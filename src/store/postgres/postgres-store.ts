@@ -83,7 +83,10 @@ export class PostgresStore implements Store {
   private readonly pool: pg.Pool;
   private readonly ctx: TxContext;
   private readonly mutex = new Mutex();
+  private closing: Promise<void> | undefined;
   private closed = false;
+  private inflight = 0;
+  private drained: (() => void) | undefined;
 
   constructor(opts: PostgresStoreOptions) {
     const parsed = parsePostgresUrl(opts.url);
@@ -158,23 +161,24 @@ export class PostgresStore implements Store {
   }
 
   /** BEGIN, `fn`, COMMIT on one pooled client; ROLLBACK if `fn` throws. */
-  private async withClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    this.checkOpen();
-    const client = await this.pool.connect();
-    let broken: Error | undefined;
-    try {
-      await client.query('BEGIN');
-      const out = await fn(client);
-      await client.query('COMMIT');
-      return out;
-    } catch (e) {
-      await client.query('ROLLBACK').catch((rollbackError: Error) => {
-        broken = rollbackError; // the connection is unusable: the pool must not reuse it
-      });
-      throw e;
-    } finally {
-      client.release(broken);
-    }
+  private withClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return this.tracked('transaction', async () => {
+      const client = await this.pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN');
+        const out = await fn(client);
+        await client.query('COMMIT');
+        return out;
+      } catch (e) {
+        await client.query('ROLLBACK').catch((rollbackError: Error) => {
+          broken = rollbackError; // the connection is unusable: the pool must not reuse it
+        });
+        throw e;
+      } finally {
+        client.release(broken);
+      }
+    });
   }
 
   private async rows<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {
@@ -182,8 +186,7 @@ export class PostgresStore implements Store {
   }
 
   private query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
-    this.checkOpen();
-    return this.pool.query<R>(text, values);
+    return this.tracked('statement', () => this.pool.query<R>(text, values));
   }
 
   // ---- read-only queries and single statements, outside any transaction
@@ -261,17 +264,36 @@ export class PostgresStore implements Store {
     return (await this.query(this.ctx.q.purgeJobs, [namespace, before, limit])).rowCount ?? 0;
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    // pg-pool serves a checkout on the next tick; ending the pool before then would leave that
-    // checkout waiting forever. Let it through first: pool.end() then waits for its release.
-    await new Promise((r) => setImmediate(r));
-    await this.pool.end();
+  /**
+   * Closes the pool once the work in flight is done. Transactions are refused at once; single
+   * statements (reads) go on until none has been in flight for a turn of the event loop, so
+   * that a transaction committing now can still make its follow-up read (a worker's next poll
+   * time), as it could on SQLite, where both run before close() does. (And pg-pool's end()
+   * would leave a checkout queued for a connection waiting forever: nothing may be in flight
+   * when it is called.)
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      do {
+        if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
+        await new Promise((r) => setImmediate(r));
+      } while (this.inflight > 0);
+      this.closed = true;
+      await this.pool.end();
+    })();
+    return this.closing;
   }
 
-  private checkOpen(): void {
-    if (this.closed) throw new Error('the dynatask store is closed');
+  /** Runs `op`, counted as in flight for close(); a transaction only while the store is open. */
+  private async tracked<T>(kind: 'transaction' | 'statement', op: () => Promise<T>): Promise<T> {
+    if (this.closed || (kind === 'transaction' && this.closing))
+      throw new Error('the dynatask store is closed');
+    this.inflight++;
+    try {
+      return await op();
+    } finally {
+      if (--this.inflight === 0) this.drained?.();
+    }
   }
 }
 
