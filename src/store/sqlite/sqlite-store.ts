@@ -317,7 +317,7 @@ export class SqliteStore implements Store {
         const rows: ClaimRow[] = [];
         for (const id of q.ids) {
           const r = claimRead.get(id) as ClaimRow | undefined;
-          if (!r || r.state !== 'queued') continue;
+          if (r?.state !== 'queued') continue;
           const timeout = r.timeout_ms ?? q.typeTimeouts[r.type] ?? null;
           r.state = 'running';
           r.attempt = Math.max(r.attempt, 1);
@@ -347,7 +347,7 @@ export class SqliteStore implements Store {
         const out: CompletedRow[] = [];
         for (const it of items) {
           const r = completeRead.get(it.id) as (CompletedRow & { run_token: number }) | undefined;
-          if (!r || r.state !== 'running' || r.run_token !== it.token) continue;
+          if (r?.state !== 'running' || r.run_token !== it.token) continue;
           const settles = r.open_children === 0 && r.unobserved_failures === 0;
           r.state = settles ? 'succeeded' : 'completing';
           completeWrite.run(it.result, now, r.state, settles ? now : null, r.id);
