@@ -33,8 +33,8 @@ function intOption(min: number, max: number) {
 function common(cmd: Command): Command {
   return cmd
     .option(
-      '--database <path>',
-      'SQLite file or :memory: (default: $DYNATASK_DATABASE_URL, else .dynatask/dynatask.db)',
+      '--database <path|url>',
+      'SQLite file, :memory:, or postgres:// URL (default: $DYNATASK_DATABASE_URL, else .dynatask/dynatask.db)',
     )
     .option('--json', 'print the result as JSON on stdout');
 }
