@@ -188,14 +188,25 @@ export interface ListJobsQuery {
   limit: number;
 }
 
-/** Operations that run inside one transaction. In Postgres, `getTasks` locks the rows. */
+/**
+ * Operations that run inside one transaction. The engine reads rows, decides, then writes
+ * them, so a store shared by several processes must make each operation's result hold until
+ * commit, as if transactions ran one after another: rows read to be changed are locked
+ * (getTasks, expiredLeases, unsettledSubtree, getSlots), and what a later read returns must
+ * agree with an earlier one (see claimCandidates). The Postgres store shows how.
+ */
 export interface StoreTx {
   now(): number;
   insertJobs(rows: JobRow[]): Promise<void>;
   getJobs(ids: string[]): Promise<JobRow[]>;
   updateJobs(patches: Array<{ id: string; state: JobState; settled_at: number }>): Promise<void>;
-  /** Inserts rows whose spawn key and dedup key are free; returns the ids actually inserted. */
+  /**
+   * Inserts rows whose spawn key and dedup key are free; returns the ids actually inserted.
+   * A key another transaction took after the engine looked it up makes the engine give up
+   * (StaleAttemptError); the store then runs the whole operation again.
+   */
   insertTasks(rows: TaskRow[]): Promise<Set<string>>;
+  /** Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock). */
   getTasks(ids: string[]): Promise<TaskCore[]>;
   updateTasks(patches: TaskPatch[]): Promise<void>;
   findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]>;
@@ -204,7 +215,11 @@ export interface StoreTx {
   children(parentId: string): Promise<OutcomeRow[]>;
   /** Tasks with their outcomes, by id. */
   outcomes(ids: string[]): Promise<OutcomeRow[]>;
-  /** Queued tasks of one type that are due, best first (priority, then run_at, then id). */
+  /**
+   * Queued tasks of one type that are due, best first (priority, then run_at, then id), held
+   * for this transaction (another claimer passes over them). Leaves out tasks whose concurrency
+   * key the transaction's getSlots did not return: they were spawned after it.
+   */
   claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]>;
   /** Claims and leases the given tasks if still queued; returns those claimed. */
   claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]>;
@@ -217,15 +232,19 @@ export interface StoreTx {
     items: Array<{ id: string; token: number; result: string | null }>,
     now: number,
   ): Promise<CompletedRow[]>;
-  /** Running tasks whose lease expired before `now`. */
+  /** Running tasks whose lease expired before `now`, locked (another sweeper passes over them). */
   expiredLeases(now: number, limit: number): Promise<TaskCore[]>;
-  /** Unsettled tasks in the subtree rooted at `rootId` (the root included). */
+  /**
+   * Unsettled tasks in the subtree rooted at `rootId` (the root included), locked: all of them,
+   * including children spawned by a transaction that committed while this one waited.
+   */
   unsettledSubtree(rootId: string): Promise<TaskCore[]>;
   insertDeps(rows: DepRow[]): Promise<void>;
   /** Dependency edges whose `depends_on` is one of `ids`. */
   dependents(jobId: string, ids: string[]): Promise<DepRow[]>;
   insertAttempts(rows: AttemptRow[]): Promise<void>;
   putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
+  /** The namespace's concurrency slots, locked: a claim reads the free ones and takes some. */
   getSlots(namespace: string): Promise<SlotRow[]>;
   /** Upserts a slot's maximum (keeps its running count). */
   setSlotMax(namespace: string, key: string, max: number): Promise<void>;

@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import pg from 'pg';
+import { ValidationError } from '../../engine/errors.js';
 import type { TaskState } from '../../engine/types.js';
 import { Mutex } from '../mutex.js';
 import type {
@@ -92,7 +93,7 @@ export class PostgresStore implements Store {
     const parsed = parsePostgresUrl(opts.url);
     this.schema = opts.schema ?? parsed.schema ?? DEFAULT_SCHEMA;
     if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(this.schema))
-      throw new Error(
+      throw new ValidationError(
         `schema ${JSON.stringify(this.schema)}: use letters, digits and underscores (at most 63), not starting with a digit`,
       );
     this.pool = new pg.Pool({ connectionString: parsed.url, max: opts.poolSize ?? 10, types });
