@@ -165,50 +165,43 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
   }
 }
 
-/** Dependents of settled tasks: released when their last dependency succeeds, else skipped. */
+/**
+ * Dependents of settled tasks: released when their last dependency succeeds, else skipped.
+ * One lookup for the whole wave, whatever the number of jobs in it.
+ */
 export async function releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[]): Promise<Settling[]> {
-  const byJob = new Map<string, DepInfo[]>();
-  for (const r of settled) {
-    const list = byJob.get(r.job_id);
-    if (list) list.push(r);
-    else byJob.set(r.job_id, [r]);
-  }
   const skipped: Settling[] = [];
-  for (const [jobId, rows] of byJob) {
-    const edges = await tx.dependents(
-      jobId,
-      rows.map((r) => r.id),
-    );
-    if (!edges.length) continue;
-    const byId = new Map(rows.map((r) => [r.id, r]));
-    const dependents = new Map(
-      (await tx.getTasks([...new Set(edges.map((e) => e.task_id))])).map((r) => [r.id, r]),
-    );
-    const patches = new Map<string, TaskPatch>();
-    for (const e of edges) {
-      const t = dependents.get(e.task_id);
-      const dep = byId.get(e.depends_on)!;
-      if (t?.state !== 'blocked') continue;
-      if (dep.state === 'succeeded' || t.run_regardless) {
-        t.deps_remaining = Math.max(0, t.deps_remaining - 1);
-        const p = patches.get(t.id) ?? { id: t.id };
-        p.deps_remaining = t.deps_remaining;
-        if (t.deps_remaining === 0) {
-          t.state = 'queued';
-          p.state = 'queued';
-          p.run_at = Math.max(t.run_at, b.now);
-          b.taskEvent(t, 'queued');
-          b.readyTypes.add(t.type);
-        }
-        patches.set(t.id, p);
-      } else {
-        t.state = 'skipped'; // guards against a second failing dependency in this batch
-        patches.delete(t.id);
-        skipped.push({ row: t, state: 'skipped', error: dependencyError(dep) });
+  if (!settled.length) return skipped;
+  const edges = await tx.dependents(settled);
+  if (!edges.length) return skipped;
+  const byId = new Map(settled.map((r) => [r.id, r]));
+  const dependents = new Map(
+    (await tx.getTasks([...new Set(edges.map((e) => e.task_id))])).map((r) => [r.id, r]),
+  );
+  const patches = new Map<string, TaskPatch>();
+  for (const e of edges) {
+    const t = dependents.get(e.task_id);
+    const dep = byId.get(e.depends_on)!;
+    if (t?.state !== 'blocked') continue;
+    if (dep.state === 'succeeded' || t.run_regardless) {
+      t.deps_remaining = Math.max(0, t.deps_remaining - 1);
+      const p = patches.get(t.id) ?? { id: t.id };
+      p.deps_remaining = t.deps_remaining;
+      if (t.deps_remaining === 0) {
+        t.state = 'queued';
+        p.state = 'queued';
+        p.run_at = Math.max(t.run_at, b.now);
+        b.taskEvent(t, 'queued');
+        b.readyTypes.add(t.type);
       }
+      patches.set(t.id, p);
+    } else {
+      t.state = 'skipped'; // guards against a second failing dependency in this batch
+      patches.delete(t.id);
+      skipped.push({ row: t, state: 'skipped', error: dependencyError(dep) });
     }
-    await tx.updateTasks([...patches.values()]);
   }
+  await tx.updateTasks([...patches.values()]);
   return skipped;
 }
 

@@ -63,7 +63,8 @@ export class Worker {
   private failures: Array<AttemptRef & { error: TaskError }> = [];
   private flushScheduled = false;
   private flushing: Promise<void> | null = null;
-  private claiming = false;
+  /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
+  private claiming: Promise<void> | false = false;
   private stopped = true;
   private wakeTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -106,6 +107,7 @@ export class Worker {
   async stop(graceMs = 30_000): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
+    if (this.claiming) await this.claiming;
     const deadline = Date.now() + graceMs;
     const busy = () =>
       this.running.size > 0 || this.completions.length || this.failures.length || this.flushing;
@@ -132,9 +134,8 @@ export class Worker {
     if (this.stopped || this.claiming) return;
     const want = Math.min(this.opts.concurrency - this.running.size, this.opts.batchSize);
     if (want <= 0) return;
-    this.claiming = true;
     clearTimeout(this.wakeTimer);
-    this.engine
+    this.claiming = this.engine
       .claim(this.opts.namespace, this.types, want, this.opts.leaseMs)
       .then((claimed) => this.claimed(claimed, want))
       .catch((e) => this.claimFailed(e));
@@ -149,9 +150,13 @@ export class Worker {
       return;
     }
     // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
-    const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
     let delay = this.opts.pollMs;
-    if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
+    try {
+      const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
+      if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
+    } catch (e) {
+      this.onError(e); // the store is unreachable: poll again later
+    }
     clearTimeout(this.wakeTimer);
     if (!this.stopped && !this.claiming) this.wakeTimer = setTimeout(() => this.pump(), delay);
   }
@@ -253,8 +258,11 @@ export class Worker {
       this.opts.batchSize,
     );
     const claimNow = !this.stopped && !this.claiming && want > 0;
+    let claimDone!: () => void;
     if (claimNow) {
-      this.claiming = true;
+      this.claiming = new Promise<void>((r) => {
+        claimDone = r;
+      });
       clearTimeout(this.wakeTimer);
     }
     this.flushing = (async () => {
@@ -277,10 +285,14 @@ export class Worker {
       if (claimNow) {
         if (claimed) await this.claimed(claimed, want);
         else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
+        claimDone();
       }
     })();
-    await this.flushing;
-    this.flushing = null;
+    try {
+      await this.flushing;
+    } finally {
+      this.flushing = null;
+    }
     this.pump();
     this.notifyIdle();
   }

@@ -241,7 +241,7 @@ export interface StoreTx {
   unsettledSubtree(rootId: string): Promise<TaskCore[]>;
   insertDeps(rows: DepRow[]): Promise<void>;
   /** Dependency edges whose `depends_on` is one of `ids`. */
-  dependents(jobId: string, ids: string[]): Promise<DepRow[]>;
+  dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]>;
   insertAttempts(rows: AttemptRow[]): Promise<void>;
   putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
   /** The namespace's concurrency slots, locked: a claim reads the free ones and takes some. */

@@ -174,9 +174,10 @@ export function queries(s: string) {
       SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
       ON CONFLICT DO NOTHING`,
 
-    /** $1: job id, $2: ids depended on. */
-    dependents: `SELECT job_id, task_id, depends_on FROM ${s}.task_deps
-      WHERE job_id = $1 AND depends_on = ANY($2::text[])`,
+    /** $1, $2: arrays of job_id and the id depended on (pairs, across jobs). */
+    dependents: `SELECT d.job_id, d.task_id, d.depends_on
+      FROM unnest($1::text[], $2::text[]) AS k(job_id, depends_on)
+      JOIN ${s}.task_deps d ON d.job_id = k.job_id AND d.depends_on = k.depends_on`,
 
     /** $1..$6: arrays of job_id, task_id, attempt, started_at, finished_at, error. */
     insertAttempts: `INSERT INTO ${s}.task_attempts (job_id, task_id, attempt, started_at, finished_at, error)

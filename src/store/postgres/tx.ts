@@ -213,9 +213,9 @@ export class PostgresTx implements StoreTx {
     ]);
   }
 
-  async dependents(jobId: string, ids: string[]): Promise<DepRow[]> {
-    if (!ids.length) return [];
-    return this.rows(this.ctx.q.dependents, [jobId, ids]);
+  async dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]> {
+    if (!tasks.length) return [];
+    return this.rows(this.ctx.q.dependents, [tasks.map((t) => t.job_id), tasks.map((t) => t.id)]);
   }
 
   async insertAttempts(rows: AttemptRow[]): Promise<void> {

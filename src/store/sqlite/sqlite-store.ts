@@ -398,10 +398,10 @@ export class SqliteStore implements Store {
         for (const r of rows) s.run(r.job_id, r.depends_on, r.task_id);
       },
 
-      async dependents(jobId: string, ids: string[]) {
+      async dependents(tasks) {
         const s = st('SELECT * FROM task_deps WHERE job_id = ? AND depends_on = ?');
         const out: DepRow[] = [];
-        for (const id of ids) out.push(...(s.all(jobId, id) as DepRow[]));
+        for (const t of tasks) out.push(...(s.all(t.job_id, t.id) as DepRow[]));
         return out;
       },
 
