@@ -36,6 +36,30 @@ export function failureTests(h: Harness): void {
       expect(root.error).toMatchObject({ childTaskId: badId });
     });
 
+    it('a parent that rethrows a waited child failure fails at once, without retries', async () => {
+      const dt = await h.open();
+      let runs = 0;
+      dt.handle('root', async (ctx) => {
+        runs++;
+        await ctx.waitAll([await ctx.spawn('bad', null)]);
+        return 'unreachable';
+      });
+      dt.handle('bad', () => {
+        throw new NonRetryableError('broken input');
+      });
+      await dt.start();
+      const job = await dt.submit('root', null, { maxAttempts: 5, backoffMs: 60_000 });
+      const info = await settled(dt, job);
+      expect(info.state).toBe('failed');
+      expect(info.error!.name).toBe('ChildTaskFailedError');
+      expect(info.error!.message).toContain('broken input');
+      const root = await dt.getTask(job.rootTaskId);
+      // One run to spawn and suspend, one to collect and rethrow; no retry of the second.
+      expect(runs).toBe(2);
+      expect(root.attempts).toHaveLength(1);
+      expect(root.attempts![0]!.error.retryable).toBe(false);
+    });
+
     it('an unobserved child failure (parent returned first) fails the completing parent', async () => {
       const dt = await h.open();
       const mayFail = h.gate();
