@@ -48,7 +48,10 @@ export interface StartOptions {
   concurrency?: number;
   /** Tasks claimed per transaction. Default 256. */
   batchSize?: number;
-  /** Safety-net poll interval when idle. Default 500 ms. */
+  /**
+   * Safety-net poll interval when idle. Default 500 ms on SQLite; 5 s on Postgres, whose
+   * workers are woken by notifications from every process.
+   */
   pollMs?: number;
 }
 
@@ -171,7 +174,7 @@ export class Dynatask<M extends TaskMap = TaskMap> {
       namespace: this.namespace,
       concurrency: opts.concurrency ?? 256,
       batchSize: opts.batchSize ?? 256,
-      pollMs: opts.pollMs ?? 500,
+      pollMs: opts.pollMs ?? (this.store.onReady ? 5000 : 500),
       leaseMs: this.engine.leaseMs,
     });
     this.worker.start();

@@ -7,7 +7,9 @@ import type { DynataskEvent, JobState, TaskState } from './types.js';
 
 export class Batch {
   readonly events: DynataskEvent[] = [];
+  /** Types that became ready to claim: all of them, and per namespace (for other processes). */
   readonly readyTypes = new Set<string>();
+  readonly readyByNamespace = new Map<string, Set<string>>();
   readonly slotDeltas = new Map<string, Map<string, number>>();
   /** Jobs settled in this transaction: always collected (cheap), for `onJobSettled`. */
   readonly jobsSettled: Array<{ jobId: string; state: JobState }> = [];
@@ -30,6 +32,17 @@ export class Batch {
         state,
         at: this.now,
       });
+  }
+
+  /** Records that a task became ready to claim, to wake workers after commit. */
+  ready(row: Pick<TaskCore, 'namespace' | 'type'>): void {
+    this.readyTypes.add(row.type);
+    let types = this.readyByNamespace.get(row.namespace);
+    if (!types) {
+      types = new Set();
+      this.readyByNamespace.set(row.namespace, types);
+    }
+    types.add(row.type);
   }
 
   slot(namespace: string, key: string, delta: number): void {

@@ -137,6 +137,9 @@ export class Engine {
       batch = new Batch(tx.now(), this.listeners.size > 0);
       const r = await fn(tx, batch);
       for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
+      // Other processes' workers learn of new work from the store, on commit only.
+      if (tx.notifyReady)
+        for (const [ns, types] of batch.readyByNamespace) await tx.notifyReady(ns, [...types]);
       return r;
     });
     // The transaction has committed: a listener's error must not turn it into a failure.
@@ -209,7 +212,7 @@ export class Engine {
         if (s.options?.concurrency)
           await tx.setSlotMax(namespace, row.concurrency_key!, s.options.concurrency.limit);
         b.taskEvent(row, 'queued');
-        b.readyTypes.add(row.type);
+        b.ready(row);
       }
       await tx.insertJobs(jobs);
       await tx.insertTasks(tasks);
@@ -336,7 +339,7 @@ export class Engine {
       }
       for (const r of rows) {
         b.taskEvent(r, r.state);
-        if (r.state === 'queued') b.readyTypes.add(r.type);
+        if (r.state === 'queued') b.ready(r);
       }
       if (skipNow.length) {
         await settle(
@@ -619,7 +622,7 @@ export class Engine {
         finished_at: b.now,
       });
       b.taskEvent(row, 'queued');
-      b.readyTypes.add(row.type);
+      b.ready(row);
     }
     await tx.updateTasks(patches);
   }

@@ -145,7 +145,7 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
           Object.assign(patch, { state: 'queued', run_at: b.now, wait_mode: 0, wait_remaining: 0 });
           p.state = 'queued';
           b.taskEvent(p, 'queued');
-          b.readyTypes.add(p.type);
+          b.ready(p);
         } else if (p.state === 'completing' && p.open_children === 0) {
           next.push(settledByChildren(p));
         }
@@ -192,7 +192,7 @@ export async function releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[
         p.state = 'queued';
         p.run_at = Math.max(t.run_at, b.now);
         b.taskEvent(t, 'queued');
-        b.readyTypes.add(t.type);
+        b.ready(t);
       }
       patches.set(t.id, p);
     } else {

@@ -21,7 +21,10 @@ export interface WorkerOptions {
   concurrency: number;
   /** Tasks claimed per transaction. */
   batchSize: number;
-  /** Safety-net poll when no wake-up arrives (another process may have queued work). */
+  /**
+   * Safety-net poll when no wake-up arrives: another process may have queued work and the
+   * store cannot tell (SQLite), or a wake-up was lost.
+   */
   pollMs: number;
   leaseMs: number;
 }
@@ -93,6 +96,15 @@ export class Worker {
         for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
       }),
     );
+    // Work made ready by other processes, when the store can tell (Postgres: LISTEN/NOTIFY).
+    const fromStore = this.engine.store.onReady?.((notice) => {
+      if (
+        notice === null ||
+        (notice.namespace === this.opts.namespace && notice.types.some((t) => this.handlers.has(t)))
+      )
+        this.pump();
+    });
+    if (fromStore) this.unsubscribe.push(fromStore);
     const beat = Math.max(50, Math.floor(this.opts.leaseMs / 3));
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
     this.heartbeatTimer.unref();

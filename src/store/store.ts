@@ -250,7 +250,19 @@ export interface StoreTx {
   setSlotMax(namespace: string, key: string, max: number): Promise<void>;
   adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void>;
   upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void>;
+  /**
+   * Tells other processes' workers, once this transaction commits (and only then), that tasks
+   * of these types became ready in this namespace. Optional: a store without it (SQLite) is
+   * only shared through the workers' safety-net poll.
+   */
+  notifyReady?(namespace: string, types: string[]): Promise<void>;
 }
+
+/**
+ * A wake-up from another process: tasks of these types became ready in this namespace. Null
+ * when notices may have been lost (the store was disconnected): anything may be ready.
+ */
+export type ReadyNotice = { namespace: string; types: string[] } | null;
 
 export interface TaskPage {
   tasks: TaskRow[];
@@ -285,5 +297,11 @@ export interface Store {
   liveTypes(namespace: string, since: number): Promise<string[]>;
   /** Deletes up to `limit` jobs of a namespace settled before `before`, with all their rows; returns the count. */
   purgeJobs(namespace: string, before: number, limit: number): Promise<number>;
+  /**
+   * Calls `listener` when a transaction of another store (another process) that made tasks
+   * ready commits; see StoreTx.notifyReady. This store's own transactions are not echoed: the
+   * engine wakes its workers itself. Optional, like notifyReady. Returns the unsubscribe function.
+   */
+  onReady?(listener: (notice: ReadyNotice) => void): () => void;
   close(): Promise<void>;
 }

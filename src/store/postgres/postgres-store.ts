@@ -29,6 +29,7 @@ import type {
   AttemptRow,
   JobRow,
   ListJobsQuery,
+  ReadyNotice,
   Store,
   StoreTx,
   TaskPage,
@@ -36,6 +37,7 @@ import type {
   TypeConfigRow,
 } from '../store.js';
 import { listJobsSql, queries } from './queries.js';
+import { ReadyListener, readyChannel } from './ready.js';
 import { PostgresTx, type TxContext } from './tx.js';
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
@@ -84,6 +86,7 @@ export class PostgresStore implements Store {
   private readonly pool: pg.Pool;
   private readonly ctx: TxContext;
   private readonly mutex = new Mutex();
+  private readonly ready: ReadyListener;
   private closing: Promise<void> | undefined;
   private closed = false;
   private inflight = 0;
@@ -101,7 +104,9 @@ export class PostgresStore implements Store {
     // opens a new one. Without a listener the error would crash the process.
     this.pool.on('error', () => {});
     const s = `"${this.schema}"`;
-    this.ctx = { schema: s, q: queries(s), updates: new Map() };
+    const channel = readyChannel(this.schema);
+    this.ready = new ReadyListener({ connectionString: parsed.url, types }, channel);
+    this.ctx = { schema: s, q: queries(s), updates: new Map(), channel, origin: this.ready.origin };
   }
 
   /** Applies the migrations not yet applied, in order, in one transaction. */
@@ -188,6 +193,11 @@ export class PostgresStore implements Store {
 
   private query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
     return this.tracked('statement', () => this.pool.query<R>(text, values));
+  }
+
+  /** Wake-ups from other stores' transactions (see ready.ts); one LISTEN connection while subscribed. */
+  onReady(listener: (notice: ReadyNotice) => void): () => void {
+    return this.ready.subscribe(listener);
   }
 
   // ---- read-only queries and single statements, outside any transaction
@@ -280,6 +290,7 @@ export class PostgresStore implements Store {
         await new Promise((r) => setImmediate(r));
       } while (this.inflight > 0);
       this.closed = true;
+      await this.ready.close();
       await this.pool.end();
     })();
     return this.closing;

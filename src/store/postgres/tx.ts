@@ -23,12 +23,16 @@ import type {
 } from '../store.js';
 import { isNullable, TASK_COLUMNS, type TaskColumn } from './columns.js';
 import { type Queries, updateTasksSql } from './queries.js';
+import { readyPayload } from './ready.js';
 
 /** Shared by the transactions of one store: statement texts, and the UPDATEs built so far. */
 export interface TxContext {
   schema: string;
   q: Queries;
   updates: Map<string, string>;
+  /** The schema's wake-up channel, and this store's mark on what it sends (see ready.ts). */
+  channel: string;
+  origin: string;
 }
 
 export class PostgresTx implements StoreTx {
@@ -257,6 +261,14 @@ export class PostgresTx implements StoreTx {
       namespace,
       changed.map(([k]) => k),
       changed.map(([, d]) => d),
+    ]);
+  }
+
+  /** pg_notify inside the transaction: Postgres delivers it on commit, and drops it on rollback. */
+  async notifyReady(namespace: string, types: string[]): Promise<void> {
+    await this.client.query('SELECT pg_notify($1, $2)', [
+      this.ctx.channel,
+      readyPayload(this.ctx.origin, namespace, types),
     ]);
   }
 
