@@ -63,9 +63,10 @@ export function toTaskError(e: unknown): TaskError {
   if (e instanceof Error) {
     const out: TaskError = { name: e.name, message: e.message };
     if (e.stack) out.stack = e.stack;
-    // A child's failure is final: a re-run would find the same settled children and fail the
-    // same way, so retrying the parent only delays its failure.
-    if (e instanceof NonRetryableError || e instanceof ChildTaskFailedError) out.retryable = false;
+    // A child's failure is final, and bad input to a ctx call is a bug in the handler: a re-run
+    // would fail the same way, so retrying only delays the failure.
+    if (e instanceof NonRetryableError || e instanceof ChildTaskFailedError || e instanceof ValidationError)
+      out.retryable = false;
     return out;
   }
   return { name: 'Error', message: typeof e === 'string' ? e : (JSON.stringify(e) ?? String(e)) };
