@@ -1,15 +1,20 @@
 /**
- * `npm run bench [-- --json] [-- --only flat,fanout] [-- --database PATH]`
+ * `npm run bench [-- --json] [-- --only flat,fanout] [-- --database PATH|URL]`
  *
- * Runs each workload in a fresh child process on a fresh SQLite file (or the given
- * database), and prints a table, or one JSON object per line with --json.
+ * Runs each workload in a fresh child process on a fresh database: a new SQLite file, or,
+ * given a postgres:// URL, a new schema on that server (dropped afterwards). Prints a table,
+ * or one JSON object per line with --json.
  */
 import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
+import pg from 'pg';
 import { open } from '../src/index.js';
+import { isPostgresUrl } from '../src/store/open.js';
+import { parsePostgresUrl } from '../src/store/postgres/postgres-store.js';
 import { type Figures, WORKLOADS } from './workloads.js';
 
 interface Row {
@@ -21,6 +26,7 @@ interface Row {
   p50_ms: number;
   p99_ms: number;
   peak_rss_mb: number;
+  /** Also db_mb_per_m_tasks: the database's size after the run (tables, indexes, WAL file) per million tasks. */
   [k: string]: string | number;
 }
 
@@ -43,7 +49,7 @@ async function child(name: string, database: string) {
   const lat = [...f.latencies].sort((a, b) => a - b);
   const row: Row = {
     workload: name,
-    mode: 'in-process/sqlite',
+    mode: `in-process/${dt.store.kind}`,
     tasks: f.tasks,
     seconds: +f.seconds.toFixed(3),
     tasks_per_s: Math.round(f.tasks / f.seconds),
@@ -60,31 +66,70 @@ async function main() {
     .name('bench')
     .option('--json', 'one JSON object per line')
     .option('--only <names>', `comma-separated workloads (${Object.keys(WORKLOADS).join(', ')})`)
-    .option('--database <path>', 'SQLite file (default: a fresh temp file per workload)')
+    .option(
+      '--database <path|url>',
+      'a SQLite file, or a postgres:// URL: each run gets a fresh schema there (default: a fresh temp SQLite file per run)',
+    )
     .option('--runs <n>', 'runs per workload; the median by seconds is reported', '1')
     .parse();
   const opts = program.opts<{ json?: boolean; only?: string; database?: string; runs: string }>();
+  const database = opts.database ?? process.env.DYNATASK_DATABASE_URL;
   const names = opts.only ? opts.only.split(',') : Object.keys(WORKLOADS);
   for (const n of names) if (!WORKLOADS[n]) throw new Error(`unknown workload ${n}`);
   if (!opts.json)
-    console.log('workload  mode               tasks    seconds  tasks/s   p50 ms  p99 ms  peak MB');
+    console.log(
+      'workload  mode                 tasks    seconds  tasks/s   p50 ms  p99 ms  peak MB  db MB/M tasks',
+    );
   for (const name of names) {
     const runs: Row[] = [];
-    for (let i = 0; i < Number(opts.runs); i++) {
-      const dir = mkdtempSync(join(tmpdir(), 'dynatask-bench-'));
-      const database = opts.database ?? join(dir, 'bench.db');
-      runs.push(await runChild(name, database));
-      rmSync(dir, { recursive: true, force: true });
-    }
+    for (let i = 0; i < Number(opts.runs); i++) runs.push(await runOnce(name, database));
     runs.sort((a, b) => a.seconds - b.seconds);
     const row = runs[Math.floor(runs.length / 2)]!;
     if (opts.json) console.log(JSON.stringify(row));
     else
       console.log(
-        `${row.workload.padEnd(9)} ${row.mode.padEnd(18)} ${String(row.tasks).padStart(6)} ${row.seconds.toFixed(3).padStart(9)} ${String(row.tasks_per_s).padStart(8)} ${row.p50_ms.toFixed(2).padStart(8)} ${row.p99_ms.toFixed(2).padStart(7)} ${String(row.peak_rss_mb).padStart(8)}` +
+        `${row.workload.padEnd(9)} ${row.mode.padEnd(20)} ${String(row.tasks).padStart(6)} ${row.seconds.toFixed(3).padStart(9)} ${String(row.tasks_per_s).padStart(8)} ${row.p50_ms.toFixed(2).padStart(8)} ${row.p99_ms.toFixed(2).padStart(7)} ${String(row.peak_rss_mb).padStart(8)} ${String(row.db_mb_per_m_tasks ?? '').padStart(14)}` +
           (row.enqueue_per_s ? `   (enqueue ${Math.round(row.enqueue_per_s as number)}/s)` : ''),
       );
   }
+}
+
+/** One run of a workload on a fresh database, measured, then deleted. */
+async function runOnce(name: string, database: string | undefined): Promise<Row> {
+  if (database && isPostgresUrl(database)) {
+    const server = parsePostgresUrl(database).url;
+    const schema = `bench_${randomBytes(6).toString('hex')}`;
+    const url = `${server}${server.includes('?') ? '&' : '?'}schema=${schema}`;
+    const client = new pg.Client({ connectionString: server });
+    await client.connect();
+    try {
+      const row = await runChild(name, url);
+      const { rows } = await client.query<{ bytes: string | null }>(
+        `SELECT sum(pg_total_relation_size(c.oid)) AS bytes
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relkind = 'r'`,
+        [schema],
+      );
+      return withSize(row, Number(rows[0]?.bytes ?? 0));
+    } finally {
+      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await client.end();
+    }
+  }
+  if (database) return runChild(name, database);
+  const dir = mkdtempSync(join(tmpdir(), 'dynatask-bench-'));
+  try {
+    const file = join(dir, 'bench.db');
+    const row = await runChild(name, file);
+    const bytes = [file, `${file}-wal`].reduce((n, f) => n + (existsSync(f) ? statSync(f).size : 0), 0);
+    return withSize(row, bytes);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function withSize(row: Row, bytes: number): Row {
+  return { ...row, db_mb_per_m_tasks: Math.round((bytes / 1024 / 1024) * (1_000_000 / row.tasks)) };
 }
 
 function runChild(name: string, database: string): Promise<Row> {
