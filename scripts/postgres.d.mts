@@ -6,6 +6,8 @@ export interface PrivatePostgres {
   dir: string;
   /** Stops the server and deletes its folder. */
   stop(): void;
+  /** Stops the server (fast: connections are terminated), waits `downMs`, starts it again. */
+  restart(downMs?: number): Promise<void>;
 }
 export function givenPostgresUrl(): string | undefined;
 export function pgBinary(name: string): string;

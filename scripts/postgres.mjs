@@ -89,10 +89,32 @@ export async function startPostgres({ log = () => {} } = {}) {
   chmodSync(root, 0o700);
   const port = await freePort();
   let started = false;
+  const settings = [
+    `port=${port}`,
+    `unix_socket_directories='${root}'`,
+    "listen_addresses='127.0.0.1'",
+    // Each test file runs several instances, each with its own pool.
+    'max_connections=300',
+    // fsync and synchronous_commit keep their defaults (on): no cheating on durability.
+  ];
+  const startServer = () =>
+    runAs(user, bin('pg_ctl'), [
+      '-D',
+      data,
+      '-l',
+      logFile,
+      '-w',
+      '-t',
+      '60',
+      '-o',
+      settings.map((s) => `-c ${s}`).join(' '),
+      'start',
+    ]);
+  const stopServer = () => runAs(user, bin('pg_ctl'), ['-D', data, '-m', 'fast', '-w', 'stop']);
   const stop = () => {
     if (started) {
       try {
-        runAs(user, bin('pg_ctl'), ['-D', data, '-m', 'fast', '-w', 'stop']);
+        stopServer();
       } catch (e) {
         console.error(`postgres: stop failed: ${e.stderr || e.message}`);
       }
@@ -112,26 +134,7 @@ export async function startPostgres({ log = () => {} } = {}) {
       '--encoding=UTF8',
       '--locale=C',
     ]);
-    const settings = [
-      `port=${port}`,
-      `unix_socket_directories='${root}'`,
-      "listen_addresses='127.0.0.1'",
-      // Each test file runs several instances, each with its own pool.
-      'max_connections=300',
-      // fsync and synchronous_commit keep their defaults (on): no cheating on durability.
-    ];
-    runAs(user, bin('pg_ctl'), [
-      '-D',
-      data,
-      '-l',
-      logFile,
-      '-w',
-      '-t',
-      '60',
-      '-o',
-      settings.map((s) => `-c ${s}`).join(' '),
-      'start',
-    ]);
+    startServer();
     started = true;
     log(`postgres: private server on port ${port} in ${root}, ready in ${Date.now() - t0} ms`);
   } catch (e) {
@@ -140,7 +143,19 @@ export async function startPostgres({ log = () => {} } = {}) {
     throw new Error(`could not start a private PostgreSQL: ${e.stderr || e.message}\n${serverLog}`);
   }
   const url = `postgresql://postgres@localhost:${port}/postgres?host=${encodeURIComponent(root)}`;
-  return { url, port, dir: root, stop };
+  /**
+   * Fault injection: stops the server (fast shutdown: every connection is terminated) and,
+   * after `downMs`, starts it again on the same port, socket and data.
+   */
+  const restart = async (downMs = 0) => {
+    if (!started) throw new Error('postgres: not running');
+    stopServer();
+    started = false;
+    if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+    startServer();
+    started = true;
+  };
+  return { url, port, dir: root, stop, restart };
 }
 
 // As a command: run the rest of the arguments with a server.

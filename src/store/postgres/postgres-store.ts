@@ -72,6 +72,50 @@ const RETRYABLE = new Set([
 ]);
 const MAX_TRIES = 8;
 
+/**
+ * Errors of a lost or refused connection (server restarted or shutting down, backend
+ * terminated, network): a transaction that had not sent its COMMIT can run again once the
+ * server is back.
+ */
+const CONNECTION_CODES = new Set([
+  '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: starting up or shutting down
+  '08000', // connection_exception
+  '08001', // sqlclient_unable_to_establish_sqlconnection
+  '08003', // connection_does_not_exist
+  '08004', // sqlserver_rejected_establishment_of_sqlconnection
+  '08006', // connection_failure
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOENT', // the unix socket is gone while the server restarts
+]);
+/** Connection errors are retried with a doubling delay from the first to the last, for this long in all. */
+const RECONNECT_FIRST_MS = 50;
+const RECONNECT_MAX_MS = 1000;
+const RECONNECT_FOR_MS = 20_000;
+
+export function isConnectionError(e: unknown): boolean {
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
+  // pg's own errors for a connection that ended or broke carry no code.
+  return /Connection terminated|connection error|not queryable|Connection ended/i.test(
+    (e as Error)?.message ?? '',
+  );
+}
+
+/** A connection error at COMMIT: the transaction may or may not have committed. */
+export class CommitOutcomeUnknownError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(
+      `the connection broke during COMMIT: the transaction may or may not have committed (${(cause as Error)?.message})`,
+    );
+    this.name = 'CommitOutcomeUnknownError';
+  }
+}
+
 /** int8 as a JavaScript number: every bigint here (ms times, counts) is far below 2^53. */
 const types = {
   getTypeParser(oid: number, format?: 'text' | 'binary') {
@@ -149,6 +193,8 @@ export class PostgresStore implements Store {
   }
 
   private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    let reconnectMs = RECONNECT_FIRST_MS;
+    let reconnectUntil: number | undefined;
     for (let attempt = 1; ; attempt++) {
       let tx: PostgresTx | undefined;
       try {
@@ -157,6 +203,18 @@ export class PostgresStore implements Store {
           return fn(tx);
         });
       } catch (e) {
+        // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
+        // once the server answers, with a doubling delay, for a bounded time. (Lost during
+        // COMMIT, the outcome is unknown: withClient throws CommitOutcomeUnknownError, and
+        // the caller's leases settle it.)
+        if (isConnectionError(e) && !this.closing) {
+          reconnectUntil ??= Date.now() + RECONNECT_FOR_MS;
+          if (Date.now() + reconnectMs > reconnectUntil) throw e;
+          await new Promise((r) => setTimeout(r, reconnectMs * (0.5 + Math.random() / 2)));
+          reconnectMs = Math.min(reconnectMs * 2, RECONNECT_MAX_MS);
+          attempt--; // not a conflict: does not count against MAX_TRIES
+          continue;
+        }
         const code = (e as { code?: string }).code;
         const again = tx?.lostKeyRace || (code !== undefined && RETRYABLE.has(code));
         if (!again || attempt >= MAX_TRIES) throw e;
@@ -171,17 +229,31 @@ export class PostgresStore implements Store {
     return this.tracked('transaction', async () => {
       const client = await this.pool.connect();
       let broken: Error | undefined;
+      // A checked-out client whose connection breaks emits 'error' (pg-pool listens only while
+      // it is idle): unheard, that would crash the process. The query in flight fails anyway.
+      const onError = (e: Error) => {
+        broken ??= e;
+      };
+      client.on('error', onError);
+      let committing = false;
       try {
         await client.query('BEGIN');
         const out = await fn(client);
+        committing = true;
         await client.query('COMMIT');
         return out;
       } catch (e) {
-        await client.query('ROLLBACK').catch((rollbackError: Error) => {
-          broken = rollbackError; // the connection is unusable: the pool must not reuse it
-        });
+        if (committing && isConnectionError(e)) {
+          broken ??= e as Error;
+          throw new CommitOutcomeUnknownError(e);
+        }
+        if (!broken)
+          await client.query('ROLLBACK').catch((rollbackError: Error) => {
+            broken = rollbackError; // the connection is unusable: the pool must not reuse it
+          });
         throw e;
       } finally {
+        client.removeListener('error', onError);
         client.release(broken);
       }
     });
