@@ -198,10 +198,13 @@ export class PostgresStore implements Store {
     for (let attempt = 1; ; attempt++) {
       let tx: PostgresTx | undefined;
       try {
-        return await this.withClient((client) => {
-          tx = new PostgresTx(client, this.ctx);
-          return fn(tx);
-        });
+        return await this.withClient(
+          (client) => {
+            tx = new PostgresTx(client, this.ctx);
+            return fn(tx);
+          },
+          () => tx!.commitSql(),
+        );
       } catch (e) {
         // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
         // once the server answers, with a doubling delay, for a bounded time. (Lost during
@@ -224,8 +227,8 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** BEGIN, `fn`, COMMIT on one pooled client; ROLLBACK if `fn` throws. */
-  private withClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  /** BEGIN, `fn`, COMMIT (`commitSql()`: with notices) on one pooled client; ROLLBACK if `fn` throws. */
+  private withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, commitSql = () => 'COMMIT'): Promise<T> {
     return this.tracked('transaction', async () => {
       const client = await this.pool.connect();
       let broken: Error | undefined;
@@ -240,7 +243,7 @@ export class PostgresStore implements Store {
         await client.query('BEGIN');
         const out = await fn(client);
         committing = true;
-        await client.query('COMMIT');
+        await client.query(commitSql()); // COMMIT, with the transaction's notices if any
         return out;
       } catch (e) {
         if (committing && isConnectionError(e)) {

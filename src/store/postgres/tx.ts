@@ -44,6 +44,8 @@ export class PostgresTx implements StoreTx {
   lostKeyRace = false;
   /** Per namespace, the slot keys getSlots returned (and locked) in this transaction. */
   private readonly slotKeys = new Map<string, string[]>();
+  /** Payloads of the wake-ups to send on commit (see notifyReady). */
+  private readonly notices: string[] = [];
 
   constructor(
     private readonly client: pg.PoolClient,
@@ -264,12 +266,18 @@ export class PostgresTx implements StoreTx {
     ]);
   }
 
-  /** pg_notify inside the transaction: Postgres delivers it on commit, and drops it on rollback. */
+  /** Kept for commitSql: Postgres delivers a NOTIFY on commit, and drops it on rollback. */
   async notifyReady(namespace: string, types: string[]): Promise<void> {
-    await this.client.query('SELECT pg_notify($1, $2)', [
-      this.ctx.channel,
-      readyPayload(this.ctx.origin, namespace, types),
-    ]);
+    this.notices.push(readyPayload(this.ctx.origin, namespace, types));
+  }
+
+  /** COMMIT, preceded by the transaction's notices: one round trip (a simple multi-statement query). */
+  commitSql(): string {
+    const channel = this.client.escapeLiteral(this.ctx.channel);
+    return [
+      ...this.notices.map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
+      'COMMIT',
+    ].join('; ');
   }
 
   async upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void> {
