@@ -21,8 +21,10 @@ import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { type PrivatePostgres, startPostgres } from '../scripts/postgres.mjs';
 import type { JobInfo } from '../src/index.js';
+import { CommitOutcomeUnknownError, PostgresStore } from '../src/store/postgres/postgres-store.js';
 import type { NodePayload, PgProcessConfig } from './fixtures/pg-process.js';
 import { checkTree, type Message, PgProcess, readRuns, treeSize } from './postgres/processes.js';
+import { jobWithRoot } from './postgres/rows.js';
 import { Schemas, withSchema } from './postgres/server.js';
 
 // Like every Postgres test file, this one fails without a server given by the test command
@@ -195,4 +197,67 @@ describe('postgres faults: server restarts and dropped connections while a job r
         `${check.executions} executions`,
     );
   }, 150_000);
+
+  it('a transaction whose connection is cut before COMMIT runs again on a new one; the store goes on', async () => {
+    const appName = `dtcut_${process.pid}`;
+    const store = new PostgresStore({ url: `${schemas.freshUrl('cut')}&application_name=${appName}` });
+    cleanup.push(() => store.close());
+    await store.migrate();
+    const cut = () =>
+      query(
+        schemas.url,
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'`,
+        [appName],
+      );
+    // Cut while the transaction is open, between two of its statements.
+    const { job, root } = jobWithRoot();
+    let runs = 0;
+    await store.transaction(async (tx) => {
+      runs++;
+      expect(await tx.getJobs([job.id])).toEqual([]);
+      if (runs === 1) expect((await cut()).length).toBe(1);
+      await tx.insertJobs([job]);
+      await tx.insertTasks([root]);
+      await tx.getJobs([job.id]);
+    });
+    expect(runs).toBe(2);
+    expect((await store.getJob(job.id))?.id).toBe(job.id);
+    expect((await store.getTask(root.id))?.id).toBe(root.id);
+
+    // Cut just before COMMIT: either the store saw the connection break first (then it runs
+    // the transaction again), or COMMIT went out on it (then the outcome is unknown to it, and
+    // it says so instead of guessing). Never applied twice, never half.
+    const second = jobWithRoot();
+    runs = 0;
+    let outcome: unknown;
+    try {
+      await store.transaction(async (tx) => {
+        runs++;
+        await tx.insertJobs([second.job]);
+        await tx.insertTasks([second.root]);
+        await tx.getJobs([second.job.id]);
+        if (runs === 1) await cut();
+      });
+      outcome = 'committed';
+    } catch (e) {
+      outcome = e;
+    }
+    const stored = await store.getJob(second.job.id);
+    if (outcome === 'committed') {
+      expect(runs).toBe(2);
+      expect(stored?.id).toBe(second.job.id);
+    } else {
+      expect(outcome).toBeInstanceOf(CommitOutcomeUnknownError);
+      expect(runs).toBe(1);
+      expect(stored).toBeUndefined(); // the server was gone before the COMMIT arrived
+      expect(await store.getTask(second.root.id)).toBeUndefined();
+    }
+    // The pool replaced the broken connection.
+    const third = jobWithRoot();
+    await store.transaction(async (tx) => {
+      await tx.insertJobs([third.job]);
+      await tx.insertTasks([third.root]);
+    });
+    expect((await store.getJob(third.job.id))?.id).toBe(third.job.id);
+  });
 });

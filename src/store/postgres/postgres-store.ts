@@ -242,6 +242,9 @@ export class PostgresStore implements Store {
       try {
         await client.query('BEGIN');
         const out = await fn(client);
+        // Broken already (its 'error' came in): COMMIT cannot reach the server, so the
+        // transaction did not commit, and may run again.
+        if (broken) throw broken;
         committing = true;
         await client.query(commitSql()); // COMMIT, with the transaction's notices if any
         return out;
