@@ -42,7 +42,7 @@ async function child(name: string, database: string) {
   const sampler = setInterval(() => {
     peak = Math.max(peak, process.memoryUsage().rss);
   }, 20);
-  const f: Figures = await w.run(dt, w.size);
+  const f: Figures = await w.run(dt, w.size, database);
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
   await dt.close();
@@ -89,7 +89,10 @@ async function main() {
     else
       console.log(
         `${row.workload.padEnd(9)} ${row.mode.padEnd(20)} ${String(row.tasks).padStart(6)} ${row.seconds.toFixed(3).padStart(9)} ${String(row.tasks_per_s).padStart(8)} ${row.p50_ms.toFixed(2).padStart(8)} ${row.p99_ms.toFixed(2).padStart(7)} ${String(row.peak_rss_mb).padStart(8)} ${String(row.db_mb_per_m_tasks ?? '').padStart(14)}` +
-          (row.enqueue_per_s ? `   (enqueue ${Math.round(row.enqueue_per_s as number)}/s)` : ''),
+          (row.enqueue_per_s ? `   (enqueue ${Math.round(row.enqueue_per_s as number)}/s)` : '') +
+          (row.remote_p50_ms
+            ? `   (from another instance: p50 ${row.remote_p50_ms} ms, p99 ${row.remote_p99_ms} ms)`
+            : ''),
       );
   }
 }

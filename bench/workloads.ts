@@ -2,7 +2,7 @@
  * Benchmark workloads. Each runs in a fresh process (see run.ts) on a fresh database and
  * returns its figures; handlers are no-ops so the figures measure dynatask itself.
  */
-import type { Dynatask } from '../src/index.js';
+import { type Dynatask, open } from '../src/index.js';
 
 export interface Figures {
   tasks: number;
@@ -12,7 +12,8 @@ export interface Figures {
   extra?: Record<string, number>;
 }
 
-type Workload = (dt: Dynatask, size: number) => Promise<Figures>;
+/** `database` is where `dt` runs, for workloads that open a second instance on it. */
+type Workload = (dt: Dynatask, size: number, database?: string) => Promise<Figures>;
 
 /** Latency of each task: from its creation to its handler starting. */
 function recordStart(latencies: number[], createdAt: number) {
@@ -103,25 +104,40 @@ const chain: Workload = async (dt, depth) => {
   return { tasks: total, seconds, latencies: await startLatencies(dt, job.id) };
 };
 
-/** Idle worker, single submissions 5 ms apart: submit call start to handler start. */
-const latency: Workload = async (dt, n) => {
-  const latencies: number[] = [];
+/**
+ * Idle worker, single submissions 5 ms apart: submit call start to handler start. On a store
+ * that wakes other processes' workers (Postgres), also from a second instance on its own
+ * connections, as another process would submit (`remote_p50_ms`, `remote_p99_ms`).
+ */
+const latency: Workload = async (dt, n, database) => {
+  let latencies: number[] = [];
   let resolveStarted: (() => void) | undefined;
   dt.handle('ping', async (ctx) => {
-    recordStart(latencies, 0);
-    latencies[latencies.length - 1] = performance.now() - (ctx.task.payload as { t: number }).t;
+    latencies.push(performance.now() - (ctx.task.payload as { t: number }).t);
     resolveStarted?.();
     return null;
   });
   await dt.start({ pollMs: 1000 });
+  const pings = async (submitter: Dynatask) => {
+    for (let i = 0; i < n; i++) {
+      const started = new Promise<void>((r) => (resolveStarted = r));
+      await submitter.submit('ping', { t: performance.now() });
+      await started;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
   const t0 = performance.now();
-  for (let i = 0; i < n; i++) {
-    const started = new Promise<void>((r) => (resolveStarted = r));
-    await dt.submit('ping', { t: performance.now() });
-    await started;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return { tasks: n, seconds: (performance.now() - t0) / 1000, latencies };
+  await pings(dt);
+  const seconds = (performance.now() - t0) / 1000;
+  const local = latencies;
+  if (!dt.store.onReady || !database) return { tasks: n, seconds, latencies: local };
+  latencies = [];
+  const other = await open({ database });
+  await pings(other);
+  await other.close();
+  const remote = latencies.sort((a, b) => a - b);
+  const at = (p: number) => remote[Math.min(remote.length - 1, Math.floor((p / 100) * remote.length))]!;
+  return { tasks: n, seconds, latencies: local, extra: { remote_p50_ms: at(50), remote_p99_ms: at(99) } };
 };
 
 /** Enqueue-to-start latency of every task of a job, from the stored timings. */
