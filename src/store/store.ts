@@ -300,7 +300,8 @@ export interface Store {
   /**
    * Calls `listener` when a transaction of another store (another process) that made tasks
    * ready commits; see StoreTx.notifyReady. This store's own transactions are not echoed: the
-   * engine wakes its workers itself. Optional, like notifyReady. Returns the unsubscribe function.
+   * engine wakes its workers itself (so two engines sharing one store object wake each other only
+   * by their poll). Optional, like notifyReady. Returns the unsubscribe function.
    */
   onReady?(listener: (notice: ReadyNotice) => void): () => void;
   close(): Promise<void>;
