@@ -147,6 +147,11 @@ export class PostgresStore implements Store {
     // An idle connection that breaks (server restart) is dropped by the pool; the next query
     // opens a new one. Without a listener the error would crash the process.
     this.pool.on('error', () => {});
+    // pg-pool listens for a client's errors only while it is idle, and a client emits 'error'
+    // whenever its connection breaks with no query in flight (pg_terminate_backend, a restart):
+    // every client keeps a listener of its own, so no moment between checkout and release can
+    // crash the process. Queries in flight still fail, and the pool drops broken clients.
+    this.pool.on('connect', (client) => client.on('error', () => {}));
     const s = `"${this.schema}"`;
     const channel = readyChannel(this.schema);
     this.ready = new ReadyListener({ connectionString: parsed.url, types }, channel);
