@@ -3,7 +3,10 @@
  * the Postgres type each array parameter is cast to in batched statements (`unnest($1::text[])`).
  * test/postgres.schema.test.ts checks these against the migrated table.
  */
+import { JSON_TEXT_COLUMNS } from '../columns.js';
 import type { TaskRow } from '../store.js';
+
+export { CLAIM_COLUMNS, COMPLETED_COLUMNS, KEYED_COLUMNS, OUTCOME_COLUMNS } from '../columns.js';
 
 /** A column's Postgres type, and `null` when it is nullable. */
 export type ColumnType = 'text' | 'text null' | 'integer' | 'integer null' | 'bigint' | 'bigint null';
@@ -57,68 +60,9 @@ export const arrayType = (c: TaskColumn) => `${TASK_COLUMN_TYPES[c].replace(' nu
 
 export const isNullable = (c: TaskColumn) => TASK_COLUMN_TYPES[c].endsWith(' null');
 
-const JSON_TEXTS = new Set<TaskColumn>(['payload', 'result', 'error', 'progress']);
-
 /** TaskCore: everything but the JSON texts. */
-export const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXTS.has(c));
+export const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXT_COLUMNS.has(c));
 
 /** A column list for SQL, optionally qualified by a table alias. */
 export const list = (cols: readonly string[], alias?: string) =>
   cols.map((c) => (alias ? `${alias}.${c}` : c)).join(', ');
-
-export const OUTCOME_COLUMNS = [
-  'id',
-  'type',
-  'parent_id',
-  'spawn_key',
-  'state',
-  'result',
-  'error',
-  'observed',
-  'ignore_failure',
-] as const satisfies readonly TaskColumn[];
-
-export const KEYED_COLUMNS = [
-  'id',
-  'job_id',
-  'type',
-  'parent_id',
-  'spawn_key',
-  'dedup_key',
-  'state',
-] as const satisfies readonly TaskColumn[];
-
-export const CLAIM_COLUMNS = [
-  'id',
-  'job_id',
-  'namespace',
-  'parent_id',
-  'type',
-  'payload',
-  'state',
-  'priority',
-  'run_at',
-  'attempt',
-  'run_token',
-  'timeout_ms',
-  'concurrency_key',
-  'slots_held',
-  'started_at',
-  'lease_expires_at',
-] as const satisfies readonly TaskColumn[];
-
-export const COMPLETED_COLUMNS = [
-  'id',
-  'job_id',
-  'namespace',
-  'parent_id',
-  'type',
-  'state',
-  'awaited',
-  'ignore_failure',
-  'observed',
-  'slots_held',
-  'concurrency_key',
-  'open_children',
-  'unobserved_failures',
-] as const satisfies readonly TaskColumn[];

@@ -10,6 +10,13 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { TaskState } from '../../engine/types.js';
+import {
+  CLAIM_COLUMNS as CLAIM,
+  COMPLETED_COLUMNS as COMPLETED,
+  JSON_TEXT_COLUMNS,
+  KEYED_COLUMNS as KEYED,
+  OUTCOME_COLUMNS as OUTCOME,
+} from '../columns.js';
 import { Mutex } from '../mutex.js';
 import type {
   AttemptRow,
@@ -75,15 +82,11 @@ const TASK_COLUMNS = [
   'settled_at',
 ] as const satisfies ReadonlyArray<keyof TaskRow>;
 
-const CORE_COLUMNS = TASK_COLUMNS.filter(
-  (c) => c !== 'payload' && c !== 'result' && c !== 'error' && c !== 'progress',
-).join(', ');
-const OUTCOME_COLUMNS = 'id, type, parent_id, spawn_key, state, result, error, observed, ignore_failure';
-const KEYED_COLUMNS = 'id, job_id, type, parent_id, spawn_key, dedup_key, state';
-const CLAIM_COLUMNS =
-  'id, job_id, namespace, parent_id, type, payload, state, priority, run_at, attempt, run_token, timeout_ms, concurrency_key, slots_held, started_at, lease_expires_at';
-const COMPLETED_COLUMNS =
-  'id, job_id, namespace, parent_id, type, state, awaited, ignore_failure, observed, slots_held, concurrency_key, open_children, unobserved_failures';
+const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXT_COLUMNS.has(c)).join(', ');
+const OUTCOME_COLUMNS = OUTCOME.join(', ');
+const KEYED_COLUMNS = KEYED.join(', ');
+const CLAIM_COLUMNS = CLAIM.join(', ');
+const COMPLETED_COLUMNS = COMPLETED.join(', ');
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
