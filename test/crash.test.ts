@@ -8,108 +8,24 @@
  * The kill is synchronised, never timed: a worker reports over IPC that a leaf's step has
  * committed and that it now hangs holding that task's lease; the test kills it then.
  */
-import { type ChildProcess, fork } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Dynatask, type JobInfo, open, type TaskInfo } from '../src/index.js';
+import { type Dynatask, type JobInfo, open } from '../src/index.js';
+import { allTasks, within } from './conformance/harness.js';
+import { ChildHandle, type Message } from './fixtures/child.js';
 import type { EffectLine, NodePayload, NodeResult, WorkerConfig } from './fixtures/crash-worker.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WORKER = fileURLToPath(new URL('./fixtures/crash-worker.ts', import.meta.url));
 /** Fan-out per level: 1 root, 8 mids, 200 subs, 3,000 leaves. */
 const SHAPE = [8, 25, 15];
 const LEAVES = SHAPE.reduce((a, b) => a * b, 1);
 const TOTAL = 1 + SHAPE.reduce((acc, _, i) => acc + SHAPE.slice(0, i + 1).reduce((a, b) => a * b, 1), 0);
 const LEASE_MS = 1000;
-/** Watchdogs only: every wait below ends on an event long before these. */
-const MESSAGE_TIMEOUT_MS = 60_000;
+/** Watchdog only: every wait below ends on an event long before this. */
 const JOB_TIMEOUT_MS = 90_000;
-
-type Message = { type: string; [k: string]: unknown };
-
-/** A worker child process and the messages it sent, consumed in order by `next`. */
-class WorkerProcess {
-  readonly child: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private readonly inbox: Message[] = [];
-  private wake: (() => void) | undefined;
-
-  constructor(config: WorkerConfig) {
-    this.child = fork(WORKER, [JSON.stringify(config)], {
-      cwd: ROOT,
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    this.child.on('message', (m) => {
-      this.inbox.push(m as Message);
-      this.wake?.();
-    });
-    this.exited = new Promise((resolve) => {
-      this.child.once('exit', (code, signal) => {
-        resolve({ code, signal });
-        this.wake?.();
-      });
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  /** The first unconsumed message of `type`; fails if the process exits first. */
-  async next<T extends Message>(type: string, timeoutMs = MESSAGE_TIMEOUT_MS): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.inbox.findIndex((m) => m.type === type);
-      if (i >= 0) return this.inbox.splice(i, 1)[0] as T;
-      if (this.child.exitCode !== null || this.child.signalCode !== null)
-        throw new Error(
-          `worker ${this.pid} exited (${this.child.exitCode ?? this.child.signalCode}) before '${type}'`,
-        );
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`worker ${this.pid} sent no '${type}' within ${timeoutMs} ms`);
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        timer = setTimeout(resolve, left);
-      });
-      clearTimeout(timer);
-      this.wake = undefined;
-    }
-  }
-
-  kill(signal: NodeJS.Signals): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
-  }
-}
-
-async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function allTasks(dt: Dynatask, jobId: string): Promise<TaskInfo[]> {
-  const out: TaskInfo[] = [];
-  let after: string | undefined;
-  do {
-    const page = await dt.tree(jobId, { ...(after ? { after } : {}), limit: 1000 });
-    out.push(...page.tasks);
-    after = page.next ?? undefined;
-  } while (after);
-  return out;
-}
 
 async function readEffects(dir: string): Promise<EffectLine[]> {
   const lines: EffectLine[] = [];
@@ -229,8 +145,8 @@ describe('crash: workers in child processes on one SQLite file, SIGKILL mid-job'
     return { database: join(dir, 'dynatask.db'), effectsDir };
   }
 
-  function spawnWorker(config: WorkerConfig): WorkerProcess {
-    const w = new WorkerProcess(config);
+  function spawnWorker(config: WorkerConfig): ChildHandle {
+    const w = new ChildHandle(WORKER, config, 'worker');
     cleanup.push(async () => {
       w.kill('SIGKILL');
       await w.exited;
@@ -253,7 +169,7 @@ describe('crash: workers in child processes on one SQLite file, SIGKILL mid-job'
     victim.kill('SIGKILL');
     expect((await victim.exited).signal).toBe('SIGKILL');
 
-    await withTimeout(dt.waitForJob(job.id), JOB_TIMEOUT_MS, 'the job did not settle after the kill');
+    await within(dt.waitForJob(job.id), JOB_TIMEOUT_MS, 'the job did not settle after the kill');
     survivor.child.send({ type: 'stop' });
     expect((await survivor.exited).code).toBe(0);
     await verify(dt, job.id, effectsDir, { pid: victim.pid, hungTaskId: taskId });

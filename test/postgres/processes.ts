@@ -3,84 +3,27 @@
  * of a finished job tree that the multi-process and fault tests share: read from the
  * database itself and from the executions the workers logged.
  */
-import { type ChildProcess, fork } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { ChildHandle, type Message } from '../fixtures/child.js';
 import type { NodePayload, NodeResult, PgProcessConfig, RunLine } from '../fixtures/pg-process.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SCRIPT = fileURLToPath(new URL('../fixtures/pg-process.ts', import.meta.url));
 
-export type Message = { type: string; [k: string]: unknown };
+export type { Message };
 
-/** A child process and the messages it sent, consumed by `next`. */
-export class PgProcess {
-  readonly child: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private readonly inbox: Message[] = [];
-  private wake: (() => void) | undefined;
-
+/** A dynatask process of the multi-process tests; a `problem` message from it fails every wait. */
+export class PgProcess extends ChildHandle {
   constructor(readonly config: PgProcessConfig) {
-    this.child = fork(SCRIPT, [JSON.stringify(config)], {
-      cwd: ROOT,
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    this.child.on('message', (m) => {
-      this.inbox.push(m as Message);
-      this.wake?.();
-    });
-    this.exited = new Promise((resolve) => {
-      this.child.once('exit', (code, signal) => {
-        resolve({ code, signal });
-        this.wake?.();
-      });
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  send(m: Message): void {
-    this.child.send(m);
-  }
-
-  /** The first unconsumed message of `type`; fails on a `problem` message or if the process exits first. */
-  async next<T extends Message>(type: string, timeoutMs = 60_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const p = this.inbox.find((m) => m.type === 'problem');
-      if (p) throw new Error(`${this.config.role} ${this.pid}: ${String(p.message)}`);
-      const i = this.inbox.findIndex((m) => m.type === type);
-      if (i >= 0) return this.inbox.splice(i, 1)[0] as T;
-      if (this.child.exitCode !== null || this.child.signalCode !== null)
-        throw new Error(
-          `${this.config.role} ${this.pid} exited (${this.child.exitCode ?? this.child.signalCode}) before '${type}'`,
-        );
-      const left = deadline - Date.now();
-      if (left <= 0)
-        throw new Error(`${this.config.role} ${this.pid} sent no '${type}' within ${timeoutMs} ms`);
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        timer = setTimeout(resolve, left);
-      });
-      clearTimeout(timer);
-      this.wake = undefined;
-    }
+    super(SCRIPT, config, config.role, 'problem');
   }
 
   /** Asks it to close, and waits for its exit code. */
   async stop(): Promise<number | null> {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.send({ type: 'stop' });
+    if (this.running) this.send({ type: 'stop' });
     return (await this.exited).code;
-  }
-
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
   }
 }
 
