@@ -7,6 +7,7 @@ export { TaskContext } from './engine/context.js';
 export { Engine } from './engine/engine.js';
 export {
   ChildTaskFailedError,
+  ConflictError,
   JobFailedError,
   NonRetryableError,
   NotFoundError,

@@ -21,7 +21,7 @@ import type {
   TypeConfigRow,
 } from '../store/store.js';
 import { Batch, releaseSlots, SLOT_KEY, SLOT_TYPE, typeSlot } from './batch.js';
-import { NotFoundError, StaleAttemptError, ValidationError } from './errors.js';
+import { ConflictError, NotFoundError, StaleAttemptError, ValidationError } from './errors.js';
 import { newId } from './ids.js';
 import {
   type DepInfo,
@@ -131,9 +131,15 @@ export class Engine {
     return () => this.cancelListeners.delete(listener);
   }
 
-  private async run<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` in one store transaction, then tells listeners what it did. In the caller's own
+   * transaction (`external`), nothing is told in-process: it has not committed yet, and may
+   * never; other processes and this one's workers learn of new work from the store's
+   * notifications, which PostgreSQL delivers on commit only.
+   */
+  private async run<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>, external?: unknown): Promise<T> {
     let batch!: Batch;
-    const out = await this.store.transaction(async (tx) => {
+    const body = async (tx: StoreTx) => {
       batch = new Batch(tx.now(), this.listeners.size > 0);
       const r = await fn(tx, batch);
       for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
@@ -141,7 +147,15 @@ export class Engine {
       if (tx.notifyReady)
         for (const [ns, types] of batch.readyByNamespace) await tx.notifyReady(ns, [...types]);
       return r;
-    });
+    };
+    if (external !== undefined) {
+      if (!this.store.transactionWith)
+        throw new ValidationError(
+          `options.transaction: the ${this.store.kind} store cannot join a caller's transaction; use the PostgreSQL store`,
+        );
+      return this.store.transactionWith(external, body);
+    }
+    const out = await this.store.transaction(body);
     // The transaction has committed: a listener's error must not turn it into a failure.
     const call = <T>(listeners: Set<(x: T) => void>, x: T) => {
       for (const l of listeners) {
@@ -184,22 +198,45 @@ export class Engine {
 
   // ---------------------------------------------------------------- creating tasks
 
-  /** Creates jobs, each with its root task, atomically. */
+  /**
+   * Creates jobs, each with its root task, atomically. A job whose `options.jobId` exists
+   * already is returned as it is (`created: false`): resubmitting after a lost answer is safe.
+   * With `options.transaction` (a PostgreSQL client inside the caller's BEGIN), the jobs are
+   * written in the caller's transaction and exist if and only if it commits.
+   */
   async submit(
     specs: Array<{ type: string; payload?: unknown; options?: SubmitOptions }>,
-  ): Promise<Array<{ jobId: string; rootTaskId: string }>> {
+  ): Promise<Array<{ jobId: string; rootTaskId: string; created: boolean }>> {
     specs.forEach((s, i) => {
       validateType(s.type, `jobs[${i}]`);
       validateOptions(s.options, `jobs[${i}].options`);
+      const id = s.options?.jobId;
+      if (id !== undefined && (typeof id !== 'string' || !UUID.test(id)))
+        throw new ValidationError(
+          `jobs[${i}].options.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got ${JSON.stringify(id)}`,
+        );
     });
+    const external = sharedTransaction(
+      specs.map((s) => s.options?.transaction),
+      'jobs',
+    );
     return this.run(async (tx, b) => {
+      const asked = specs.flatMap((s) => (s.options?.jobId ? [s.options.jobId.toLowerCase()] : []));
+      const known = new Map<string, JobRow>();
+      if (asked.length) for (const j of await tx.getJobs(asked)) known.set(j.id, j);
       const jobs: JobRow[] = [];
       const tasks: TaskRow[] = [];
+      const out: Array<{ jobId: string; rootTaskId: string; created: boolean }> = [];
       for (const s of specs) {
+        const existing = s.options?.jobId ? known.get(s.options.jobId.toLowerCase()) : undefined;
+        if (existing) {
+          out.push({ jobId: existing.id, rootTaskId: existing.root_task_id, created: false });
+          continue;
+        }
         const namespace = s.options?.namespace ?? DEFAULTS.namespace;
-        const jobId = newId();
+        const jobId = s.options?.jobId?.toLowerCase() ?? newId();
         const row = newTaskRow(jobId, namespace, null, null, s, b.now);
-        jobs.push({
+        const job: JobRow = {
           id: jobId,
           namespace,
           type: s.type,
@@ -207,8 +244,11 @@ export class Engine {
           state: 'running',
           created_at: b.now,
           settled_at: null,
-        });
+        };
+        jobs.push(job);
+        known.set(jobId, job); // the same id twice in one call: the second gets the first
         tasks.push(row);
+        out.push({ jobId, rootTaskId: row.id, created: true });
         if (s.options?.concurrency)
           await tx.setSlotMax(namespace, row.concurrency_key!, s.options.concurrency.limit);
         b.taskEvent(row, 'queued');
@@ -216,8 +256,8 @@ export class Engine {
       }
       await tx.insertJobs(jobs);
       await tx.insertTasks(tasks);
-      return jobs.map((j) => ({ jobId: j.id, rootTaskId: j.root_task_id }));
-    });
+      return out;
+    }, external);
   }
 
   /**
@@ -230,6 +270,10 @@ export class Engine {
       validateType(s.type, `children[${i}]`);
       validateOptions(s.options, `children[${i}].options`);
     });
+    const external = sharedTransaction(
+      specs.map((s) => s.options?.transaction),
+      'children',
+    );
     return this.run(async (tx, b) => {
       const parent = await this.getRunning(tx, parentRef);
       const handles: TaskHandle[] = new Array(specs.length);
@@ -349,7 +393,7 @@ export class Engine {
         );
       }
       return handles;
-    });
+    }, external);
   }
 
   // ---------------------------------------------------------------- claiming
@@ -541,12 +585,37 @@ export class Engine {
       }
     }
     await settle(tx, b, toSettle);
+    // A completion sent again after a lost answer: its attempt's result is already recorded.
+    const again = await this.recorded(
+      tx,
+      items.filter((i) => !ok.has(i.id)),
+      (r) => r.handler_done === 1,
+    );
     const reported = new Set<string>();
     return items.map((i) => {
-      if (!ok.has(i.id) || reported.has(i.id)) return false; // the same attempt twice counts once
+      if (reported.has(i.id)) return false; // the same attempt twice in one call counts once
       reported.add(i.id);
-      return true;
+      return ok.has(i.id) || again.has(i.id);
     });
+  }
+
+  /**
+   * Of attempts that no longer hold their task, those whose outcome was recorded: the task
+   * still carries their token (no later attempt claimed it) and `done` says it is theirs.
+   */
+  private async recorded(
+    tx: StoreTx,
+    refs: AttemptRef[],
+    done: (r: TaskCore) => boolean,
+  ): Promise<Set<string>> {
+    if (!refs.length) return new Set();
+    const token = new Map(refs.map((r) => [r.id, r.token]));
+    const rows = await tx.getTasks([...token.keys()]);
+    return new Set(
+      rows
+        .filter((r) => r.run_token === token.get(r.id) && r.state !== 'running' && done(r))
+        .map((r) => r.id),
+    );
   }
 
   /**
@@ -564,11 +633,20 @@ export class Engine {
     items: Array<AttemptRef & { error: TaskError }>,
   ): Promise<boolean[]> {
     const held = await this.heldRows(tx, items);
+    // A failure sent again after a lost answer: the attempt's failure is already recorded
+    // (the task waits for its retry, or failed), unless its handler had completed instead.
+    const again = await this.recorded(
+      tx,
+      items.filter((i) => !held.has(i.id)),
+      (r) => r.handler_done === 0 && (r.state === 'queued' || r.state === 'failed'),
+    );
     const failing: Array<{ row: TaskCore; error: TaskError }> = [];
+    const seen = new Set<string>();
     const ok = items.map((item) => {
+      if (seen.has(item.id)) return false; // the same attempt twice in one call counts once
+      seen.add(item.id);
       const row = held.get(item.id);
-      if (!row) return false;
-      held.delete(item.id);
+      if (!row) return again.has(item.id);
       failing.push({ row, error: item.error });
       return true;
     });
@@ -769,6 +847,88 @@ export class Engine {
   // ---------------------------------------------------------------- cancellation
 
   /** Cancels a task and every unsettled task below it. Returns false if it had already settled. */
+  /**
+   * Runs a failed task again, with a fresh budget of attempts, and reopens what its failure
+   * settled: each ancestor that failed because of it goes back to the state it left (waiting,
+   * to run its handler again from the top once its children settle; or completing), and a
+   * failed job runs again. Refused (ConflictError) when the task has not failed, failed only
+   * because of a child (retry that child), or an ancestor has settled otherwise (it observed
+   * the failure and succeeded, or was cancelled): a retry never rewrites a settled success.
+   * Children the failure cancelled and dependents it skipped stay as they are.
+   */
+  async retryTask(taskId: string): Promise<void> {
+    await this.run(async (tx, b) => {
+      const [task] = await tx.getTasks([taskId]);
+      if (!task) throw new NotFoundError(`task ${taskId} not found`);
+      if (task.state !== 'failed')
+        throw new ConflictError(`task ${taskId} is ${task.state}: only a failed task can be retried`);
+      if (task.handler_done === 1)
+        throw new ConflictError(
+          `task ${taskId} failed because a child failed after its handler had finished: retry that child instead`,
+        );
+      const cfg = this.typeConfig(task.namespace, task.type);
+      const budget = task.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
+      const patches: TaskPatch[] = [
+        {
+          id: task.id,
+          state: 'queued',
+          attempt: task.attempt + 1,
+          max_attempts: task.attempt + budget,
+          run_at: b.now,
+          observed: 0,
+          settled_at: null,
+          finished_at: null,
+          lease_expires_at: null,
+          wait_mode: 0,
+          wait_remaining: 0,
+          open_children: 0,
+        },
+      ];
+      b.taskEvent(task, 'queued');
+      b.ready(task);
+      // Up the tree: every failed ancestor reopens; the first unsettled one counts the task's
+      // branch as open again. Its failure counted as unobserved unless a wait had seen it.
+      let child = task;
+      let unobserved = task.ignore_failure === 0 && task.observed === 0;
+      while (child.parent_id !== null) {
+        const [parent] = await tx.getTasks([child.parent_id]);
+        if (!parent) break;
+        const failures = Math.max(0, parent.unobserved_failures - (unobserved ? 1 : 0));
+        if (!isSettled(parent.state)) {
+          patches.push({
+            id: parent.id,
+            open_children: parent.open_children + 1,
+            unobserved_failures: failures,
+          });
+          break;
+        }
+        if (parent.state !== 'failed')
+          throw new ConflictError(
+            `task ${taskId} cannot be retried: its ancestor ${parent.id} (${parent.type}) has settled ${parent.state}`,
+          );
+        const state = parent.handler_done === 1 ? 'completing' : 'waiting';
+        patches.push({
+          id: parent.id,
+          state,
+          open_children: 1,
+          unobserved_failures: failures,
+          wait_mode: state === 'waiting' ? 1 : 0,
+          wait_remaining: 0,
+          settled_at: null,
+          lease_expires_at: null,
+        });
+        b.taskEvent(parent, state);
+        unobserved = parent.ignore_failure === 0 && parent.observed === 0;
+        child = parent;
+      }
+      if (child.parent_id === null) {
+        await tx.updateJobs([{ id: child.job_id, state: 'running', settled_at: null }]);
+        if (b.wantEvents) b.events.push({ kind: 'job', jobId: child.job_id, state: 'running', at: b.now });
+      }
+      await tx.updateTasks(patches);
+    });
+  }
+
   async cancelTask(taskId: string, reason = 'cancelled'): Promise<boolean> {
     return this.run(async (tx, b) => {
       const [row] = await tx.getTasks([taskId]);
@@ -787,4 +947,17 @@ export class Engine {
   }
 
   // ---------------------------------------------------------------- settling
+}
+
+/** A UUID in its canonical text form, any version. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The caller's transaction named by a batch's options: one for all of them, or none. */
+function sharedTransaction(given: unknown[], what: string): unknown {
+  const set = new Set(given.filter((t) => t !== undefined));
+  if (set.size > 1 || (set.size === 1 && given.includes(undefined)))
+    throw new ValidationError(
+      `${what}: every item of one call must name the same options.transaction, or none`,
+    );
+  return set.values().next().value;
 }

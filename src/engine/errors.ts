@@ -42,6 +42,11 @@ export class StaleAttemptError extends Error {
   override name = 'StaleAttemptError';
 }
 
+/** The operation does not apply to the task or job in its present state (e.g. retrying one that has not failed). */
+export class ConflictError extends Error {
+  override name = 'ConflictError';
+}
+
 /** Bad input from the caller: the message says what was wrong and where. */
 export class ValidationError extends Error {
   override name = 'ValidationError';

@@ -97,11 +97,28 @@ export interface SpawnOptions extends TaskOptions {
   runRegardless?: boolean;
   /** A permanent failure of this child does not fail its parent. */
   ignoreFailure?: boolean;
+  /**
+   * A PostgreSQL client inside the caller's own transaction: the children are spawned in it
+   * and exist if and only if it commits (see SubmitOptions.transaction).
+   */
+  transaction?: unknown;
 }
 
 /** Options of a job's submission. */
 export interface SubmitOptions extends TaskOptions {
   namespace?: string;
+  /**
+   * The job's id, a UUID the caller chooses (v7 keeps ids in time order). Submitting again
+   * with an id that exists returns that job instead of creating one: safe to retry.
+   */
+  jobId?: string;
+  /**
+   * A PostgreSQL client (`pg.Client` or `pg.PoolClient`) inside a transaction the caller
+   * began, on the same database: the job is written in that transaction, so it exists if
+   * and only if the caller commits. Workers are woken on commit. Events of the submission
+   * are not delivered to in-process subscribers.
+   */
+  transaction?: unknown;
 }
 
 /** A reference to a spawned task. */

@@ -199,7 +199,7 @@ export interface StoreTx {
   now(): number;
   insertJobs(rows: JobRow[]): Promise<void>;
   getJobs(ids: string[]): Promise<JobRow[]>;
-  updateJobs(patches: Array<{ id: string; state: JobState; settled_at: number }>): Promise<void>;
+  updateJobs(patches: Array<{ id: string; state: JobState; settled_at: number | null }>): Promise<void>;
   /**
    * Inserts rows whose spawn key and dedup key are free; returns the ids actually inserted.
    * A key another transaction took after the engine looked it up makes the engine give up
@@ -276,6 +276,12 @@ export interface Store {
   /** Applies migrations; safe to call on every start. */
   migrate(): Promise<void>;
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` inside a transaction the caller began on a connection of their own (`client`),
+   * without committing it: the caller commits or rolls back. Optional: only stores that
+   * can share a connection with the application (PostgreSQL) have it.
+   */
+  transactionWith?<T>(client: unknown, fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   getJob(id: string): Promise<JobRow | undefined>;
   jobCounts(jobId: string): Promise<Array<{ state: TaskState; n: number }>>;
   listJobs(q: ListJobsQuery): Promise<JobRow[]>;

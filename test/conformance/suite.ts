@@ -25,6 +25,7 @@ import { failureTests } from './failures.js';
 import { type ConformanceTarget, Harness } from './harness.js';
 import { jobTests } from './jobs.js';
 import { leaseTests } from './leases.js';
+import { operationTests } from './operations.js';
 import { retentionTests } from './retention.js';
 import { retryTests } from './retries.js';
 import { schedulingTests } from './scheduling.js';
@@ -55,5 +56,6 @@ export function runConformance(name: string, target: ConformanceTarget): void {
     eventTests(h); // 13
     retentionTests(h); // 14
     taskTypeTests(h); // 15
+    operationTests(h); // 16
   });
 }

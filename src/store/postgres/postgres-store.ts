@@ -45,6 +45,9 @@ const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
 
 export const DEFAULT_SCHEMA = 'dynatask';
 
+/** The mark on wake-ups sent from callers' transactions: no store drops them as its own. */
+const EXTERNAL_ORIGIN = 'external';
+
 export interface PostgresStoreOptions {
   /** A postgres:// or postgresql:// URL; `?schema=` chooses the schema. */
   url: string;
@@ -195,6 +198,25 @@ export class PostgresStore implements Store {
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     return this.mutex.run(() => this.runTransaction(fn));
+  }
+
+  /**
+   * Runs `fn` on `client`, a connection of the caller's inside a transaction they began; the
+   * caller commits. Outside the store's one-at-a-time order, and not run again on a conflict:
+   * a failure is the caller's to handle, by rolling back. Its wake-ups carry a mark of their
+   * own, so this store's workers hear them too, on commit.
+   */
+  async transactionWith<T>(client: unknown, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    if (typeof (client as pg.ClientBase | null)?.query !== 'function')
+      throw new ValidationError(
+        'options.transaction must be a pg Client or PoolClient inside a transaction the caller began',
+      );
+    return this.tracked('statement', async () => {
+      const tx = new PostgresTx(client as pg.ClientBase, { ...this.ctx, origin: EXTERNAL_ORIGIN, types });
+      const out = await fn(tx);
+      await tx.sendNotices();
+      return out;
+    });
   }
 
   private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {

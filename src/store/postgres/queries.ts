@@ -30,7 +30,8 @@ export function queries(s: string) {
 
     /** $1..$7: arrays of id, namespace, type, root_task_id, state, created_at, settled_at. */
     insertJobs: `INSERT INTO ${s}.jobs (id, namespace, type, root_task_id, state, created_at, settled_at)
-      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])`,
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
+      ON CONFLICT (id) DO NOTHING`,
 
     /** $1: ids. */
     getJobs: `SELECT * FROM ${s}.jobs WHERE id = ANY($1::text[])`,

@@ -33,6 +33,8 @@ export interface TxContext {
   /** The schema's wake-up channel, and this store's mark on what it sends (see ready.ts). */
   channel: string;
   origin: string;
+  /** Type parsers to name on every query: set when the client is the caller's, not the pool's. */
+  types?: pg.CustomTypesConfig;
 }
 
 export class PostgresTx implements StoreTx {
@@ -48,12 +50,22 @@ export class PostgresTx implements StoreTx {
   private readonly notices: string[] = [];
 
   constructor(
-    private readonly client: pg.PoolClient,
+    private readonly client: pg.ClientBase,
     private readonly ctx: TxContext,
   ) {}
 
   private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
-    return (await this.client.query(text, values)).rows as R[];
+    return (await this.query(text, values)).rows as R[];
+  }
+
+  /**
+   * One statement. A caller's own client parses bigints as strings by default: its queries
+   * say how to parse them (as numbers, like the store's pool), whatever the client's settings.
+   */
+  private query(text: string, values: unknown[]): Promise<pg.QueryResult> {
+    return this.ctx.types
+      ? this.client.query({ text, values, types: this.ctx.types })
+      : this.client.query(text, values);
   }
 
   now(): number {
@@ -62,7 +74,9 @@ export class PostgresTx implements StoreTx {
 
   async insertJobs(rows: JobRow[]): Promise<void> {
     if (!rows.length) return;
-    await this.client.query(this.ctx.q.insertJobs, [
+    // A job id is the caller's idempotency key: one a concurrent transaction has just taken
+    // means running this one again, which then finds that job.
+    const inserted = await this.query(this.ctx.q.insertJobs, [
       rows.map((r) => r.id),
       rows.map((r) => r.namespace),
       rows.map((r) => r.type),
@@ -71,6 +85,10 @@ export class PostgresTx implements StoreTx {
       rows.map((r) => r.created_at),
       rows.map((r) => r.settled_at),
     ]);
+    if ((inserted.rowCount ?? 0) < rows.length) {
+      this.lostKeyRace = true;
+      throw new Error('a concurrent submit took the same job id');
+    }
   }
 
   async getJobs(ids: string[]): Promise<JobRow[]> {
@@ -79,10 +97,10 @@ export class PostgresTx implements StoreTx {
   }
 
   async updateJobs(
-    patches: Array<{ id: string; state: JobRow['state']; settled_at: number }>,
+    patches: Array<{ id: string; state: JobRow['state']; settled_at: number | null }>,
   ): Promise<void> {
     if (!patches.length) return;
-    await this.client.query(this.ctx.q.updateJobs, [
+    await this.query(this.ctx.q.updateJobs, [
       patches.map((p) => p.id),
       patches.map((p) => p.state),
       patches.map((p) => p.settled_at),
@@ -131,7 +149,7 @@ export class PostgresTx implements StoreTx {
       values.push(merged.map((p) => p[name] ?? null));
       if (partial && isNullable(name)) values.push(merged.map((p) => name in p));
     }
-    await this.client.query(sql, values);
+    await this.query(sql, values);
   }
 
   async findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]> {
@@ -212,7 +230,7 @@ export class PostgresTx implements StoreTx {
 
   async insertDeps(rows: DepRow[]): Promise<void> {
     if (!rows.length) return;
-    await this.client.query(this.ctx.q.insertDeps, [
+    await this.query(this.ctx.q.insertDeps, [
       rows.map((r) => r.job_id),
       rows.map((r) => r.depends_on),
       rows.map((r) => r.task_id),
@@ -229,7 +247,7 @@ export class PostgresTx implements StoreTx {
     const last = new Map(rows.map((r) => [`${r.job_id}\0${r.task_id}\0${r.attempt}`, r]));
     if (!last.size) return;
     const list = [...last.values()];
-    await this.client.query(this.ctx.q.insertAttempts, [
+    await this.query(this.ctx.q.insertAttempts, [
       list.map((r) => r.job_id),
       list.map((r) => r.task_id),
       list.map((r) => r.attempt),
@@ -240,7 +258,7 @@ export class PostgresTx implements StoreTx {
   }
 
   async putStep(jobId: string, taskId: string, name: string, value: string): Promise<void> {
-    await this.client.query(this.ctx.q.putStep, [jobId, taskId, name, value]);
+    await this.query(this.ctx.q.putStep, [jobId, taskId, name, value]);
   }
 
   async getSlots(namespace: string): Promise<SlotRow[]> {
@@ -253,22 +271,30 @@ export class PostgresTx implements StoreTx {
   }
 
   async setSlotMax(namespace: string, key: string, max: number): Promise<void> {
-    await this.client.query(this.ctx.q.setSlotMax, [namespace, key, max]);
+    await this.query(this.ctx.q.setSlotMax, [namespace, key, max]);
   }
 
   async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
     const changed = [...deltas].filter(([, d]) => d !== 0);
     if (!changed.length) return;
-    await this.client.query(this.ctx.q.adjustSlots, [
-      namespace,
-      changed.map(([k]) => k),
-      changed.map(([, d]) => d),
-    ]);
+    await this.query(this.ctx.q.adjustSlots, [namespace, changed.map(([k]) => k), changed.map(([, d]) => d)]);
   }
 
   /** Kept for commitSql: Postgres delivers a NOTIFY on commit, and drops it on rollback. */
   async notifyReady(namespace: string, types: string[]): Promise<void> {
     this.notices.push(readyPayload(this.ctx.origin, namespace, types));
+  }
+
+  /**
+   * Sends the notices inside the transaction (a caller's own, which the caller commits):
+   * Postgres holds them until that commit, and drops them on rollback.
+   */
+  async sendNotices(): Promise<void> {
+    if (!this.notices.length) return;
+    await this.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [
+      this.ctx.channel,
+      this.notices,
+    ]);
   }
 
   /** COMMIT, preceded by the transaction's notices: one round trip (a simple multi-statement query). */
@@ -284,7 +310,7 @@ export class PostgresTx implements StoreTx {
     const last = new Map(rows.map((r) => [`${r.namespace}\0${r.type}`, r]));
     if (!last.size) return;
     const list = [...last.values()];
-    await this.client.query(this.ctx.q.upsertTypeConfigs, [
+    await this.query(this.ctx.q.upsertTypeConfigs, [
       list.map((r) => r.namespace),
       list.map((r) => r.type),
       list.map((r) => r.max_attempts),

@@ -1,0 +1,122 @@
+/**
+ * Transactional submit and spawn (issue 3, point 6): with `options.transaction`, a job (or a
+ * child) is written in the caller's own PostgreSQL transaction, beside the caller's rows, and
+ * exists if and only if that transaction commits. Workers hear of it on commit.
+ */
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { type Dynatask, NotFoundError, open, ValidationError } from '../src/index.js';
+import { settled, within } from './conformance/harness.js';
+import { Schemas, withSchema } from './postgres/server.js';
+
+const schemas = new Schemas();
+afterAll(() => schemas.dropAll());
+
+const opened: Array<{ close(): Promise<void> }> = [];
+afterEach(async () => {
+  for (const o of opened.splice(0).reverse()) await o.close();
+});
+
+/** An instance on a fresh schema, a client of the application's own, and its orders table. */
+async function setup(): Promise<{ dt: Dynatask; app: pg.Client; schema: string }> {
+  const schema = schemas.fresh('txn');
+  const dt = await open({ database: withSchema(schemas.url, schema) });
+  opened.push(dt);
+  const app = new pg.Client({ connectionString: schemas.url });
+  await app.connect();
+  opened.push({ close: () => app.end() });
+  await app.query(`CREATE TABLE "${schema}".orders (id int PRIMARY KEY, job_id text)`);
+  return { dt, app, schema };
+}
+
+describe('postgres: submit and spawn inside the caller’s transaction', () => {
+  it('a job submitted in a transaction that rolls back never exists and never runs', async () => {
+    const { dt, app, schema } = await setup();
+    let ran = 0;
+    dt.handle('ship', () => {
+      ran++;
+      return null;
+    });
+    await dt.start({ pollMs: 60_000 });
+    await app.query('BEGIN');
+    const job = await dt.submit('ship', { order: 1 }, { transaction: app });
+    await app.query(`INSERT INTO "${schema}".orders VALUES (1, $1)`, [job.id]);
+    // Not visible outside the transaction before it commits.
+    await expect(dt.getJob(job.id)).rejects.toBeInstanceOf(NotFoundError);
+    await app.query('ROLLBACK');
+    await expect(dt.getJob(job.id)).rejects.toBeInstanceOf(NotFoundError);
+    expect((await app.query(`SELECT count(*)::int AS n FROM "${schema}".orders`)).rows[0].n).toBe(0);
+    // A job submitted after it runs, so the worker was listening: the rolled-back one never came.
+    expect((await settled(dt, await dt.submit('ship', { order: 2 }))).state).toBe('succeeded');
+    expect(ran).toBe(1);
+  });
+
+  it('a job submitted in a transaction that commits exists with the caller’s rows, and a worker starts it on commit', async () => {
+    const { dt, app, schema } = await setup();
+    dt.handle('ship', (ctx) => ({ shipped: (ctx.task.payload as { order: number }).order }));
+    // A 60 s poll: the job can only start in time if the commit's notification wakes the worker.
+    await dt.start({ pollMs: 60_000 });
+    await app.query('BEGIN');
+    await app.query(`INSERT INTO "${schema}".orders VALUES (7, NULL)`);
+    const [job] = await dt.submitMany([
+      { type: 'ship', payload: { order: 7 }, options: { transaction: app } },
+    ]);
+    await app.query(`UPDATE "${schema}".orders SET job_id = $1 WHERE id = 7`, [job!.id]);
+    await app.query('COMMIT');
+    const info = await within(dt.waitForJob(job!.id, 50), 10_000, 'the committed job to settle');
+    expect(info).toMatchObject({ state: 'succeeded', result: { shipped: 7 } });
+    const row = (await app.query(`SELECT job_id FROM "${schema}".orders WHERE id = 7`)).rows[0];
+    expect(row.job_id).toBe(job!.id);
+  });
+
+  it('a handler spawns children in its own transaction: kept on commit, gone on rollback', async () => {
+    const { dt, schema } = await setup();
+    const pool = new pg.Pool({ connectionString: schemas.url, max: 2 });
+    opened.push({ close: () => pool.end() });
+    dt.handle('order', async (ctx) => {
+      const { keep } = ctx.task.payload as { keep: boolean };
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query(`INSERT INTO "${schema}".orders VALUES ($1, $2)`, [keep ? 1 : 2, ctx.task.jobId]);
+        await ctx.spawn('line', 'a', { transaction: client, key: 'a' });
+        await client.query(keep ? 'COMMIT' : 'ROLLBACK');
+      } finally {
+        client.release();
+      }
+      return keep;
+    });
+    dt.handle('line', (ctx) => ctx.task.payload);
+    await dt.start();
+    const kept = await settled(dt, await dt.submit('order', { keep: true }));
+    expect(kept).toMatchObject({ state: 'succeeded', total: 2 });
+    expect(kept.counts.succeeded).toBe(2);
+    const dropped = await settled(dt, await dt.submit('order', { keep: false }));
+    expect(dropped).toMatchObject({ state: 'succeeded', total: 1 });
+    const orders = await pool.query(`SELECT id FROM "${schema}".orders ORDER BY id`);
+    expect(orders.rows.map((r) => r.id)).toEqual([1]);
+  });
+
+  it('one call may not mix transactions, and a non-client is refused before anything is written', async () => {
+    const { dt, app } = await setup();
+    await expect(
+      dt.submitMany([
+        { type: 'x', payload: null, options: { transaction: app } },
+        { type: 'x', payload: null },
+      ]),
+    ).rejects.toThrow(/same options.transaction/);
+    await expect(dt.submit('x', null, { transaction: { not: 'a client' } })).rejects.toBeInstanceOf(
+      ValidationError,
+    );
+    expect(await dt.listJobs()).toHaveLength(0);
+  });
+});
+
+describe('sqlite: transactional submit', () => {
+  it('is refused with an error naming the PostgreSQL store', async () => {
+    const dt = await open({ database: ':memory:' });
+    opened.push(dt);
+    await expect(dt.submit('x', null, { transaction: {} })).rejects.toThrow(/use the PostgreSQL store/);
+    expect(await dt.listJobs()).toHaveLength(0);
+  });
+});
