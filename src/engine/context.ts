@@ -7,8 +7,9 @@
  * or by the order of spawn calls), so the re-run gets the same children back; work that
  * must not repeat goes in `ctx.step`.
  */
-import type { Engine, SpawnSpec } from './engine.js';
+import type { SpawnSpec } from './engine.js';
 import { ChildTaskFailedError, SuspendSignal, ValidationError } from './errors.js';
+import type { WorkerPort } from './port.js';
 import type { Outcome, SpawnOptions, TaskHandle } from './types.js';
 
 /** Maps task types to their payload and result types, for a typed API end to end. */
@@ -36,7 +37,7 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
   suspended = false;
 
   constructor(
-    private readonly engine: Engine,
+    private readonly port: WorkerPort,
     readonly task: TaskMeta<P>,
     private readonly token: number,
     private readonly abort: { readonly signal: AbortSignal },
@@ -73,7 +74,7 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
         );
       return k;
     });
-    return this.engine.spawn(this.ref, children as SpawnSpec[], keys);
+    return this.port.spawn(this.ref, children as SpawnSpec[], keys);
   }
 
   /**
@@ -83,7 +84,7 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
    */
   async waitAllSettled(handles?: TaskHandle[]): Promise<Outcome[]> {
     this.throwIfSuspended();
-    const r = await this.engine.wait(
+    const r = await this.port.wait(
       this.ref,
       handles ? { all: false, ids: handles.map((h) => h.id) } : { all: true },
     );
@@ -111,17 +112,17 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
    */
   async step<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
     this.throwIfSuspended();
-    const got = await this.engine.getStep(this.task.jobId, this.task.id, name);
+    const got = await this.port.getStep({ ...this.ref, jobId: this.task.jobId }, name);
     if (got.found) return got.value as T;
     const value = await fn();
-    await this.engine.putStep(this.ref, name, value);
+    await this.port.putStep(this.ref, name, value);
     return value;
   }
 
   /** Reports progress (any JSON value); subscribers see it as a `progress` event. */
   async progress(value: unknown): Promise<void> {
     this.throwIfSuspended();
-    await this.engine.progress(this.ref, value);
+    await this.port.progress(this.ref, value);
   }
 
   private throwIfSuspended() {

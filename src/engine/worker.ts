@@ -1,12 +1,13 @@
 /**
- * The in-process worker: claims batches of tasks of the types it handles, runs their
- * handlers, and reports outcomes in batches (one transaction per batch of completions).
- * It holds leases with batched heartbeats and aborts handlers that are cancelled, time
- * out or lose their lease.
+ * The worker: claims batches of tasks of the types it handles, runs their handlers, and
+ * reports outcomes in batches (one transaction per batch of completions). It holds leases
+ * with batched heartbeats and aborts handlers that are cancelled, time out or lose their
+ * lease. It talks to the engine through a port: in this process, or a server over HTTP.
  */
 import { TaskContext, type TaskMap } from './context.js';
-import type { AttemptRef, ClaimedTask, Engine } from './engine.js';
+import type { AttemptRef } from './engine.js';
 import { SuspendSignal, toTaskError } from './errors.js';
+import type { PortTask, WorkerPort } from './port.js';
 import type { TaskError } from './types.js';
 
 /** A handler: receives its context and payload, returns the task's result. */
@@ -27,6 +28,8 @@ export interface WorkerOptions {
    */
   pollMs: number;
   leaseMs: number;
+  /** Longest wait of one long-poll claim, on ports that long-poll (remote workers). */
+  longPollMs?: number;
 }
 
 /**
@@ -53,7 +56,7 @@ export class LazyAbort {
 }
 
 interface Running {
-  claimed: ClaimedTask;
+  claimed: PortTask;
   controller: LazyAbort;
   timer: NodeJS.Timeout | undefined;
   /** Set once an outcome has been queued, so a late one (after a timeout) is dropped. */
@@ -68,6 +71,8 @@ export class Worker {
   private flushing: Promise<void> | null = null;
   /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
   private claiming: Promise<void> | false = false;
+  /** Ends a long-poll claim early, on stop. */
+  private longPoll: AbortController | undefined;
   private stopped = true;
   private wakeTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -78,7 +83,7 @@ export class Worker {
   onError: (e: unknown) => void = (e) => console.error('dynatask worker:', e);
 
   constructor(
-    private readonly engine: Engine,
+    private readonly port: WorkerPort,
     private readonly handlers: Map<string, Handler>,
     private readonly opts: WorkerOptions,
   ) {
@@ -88,23 +93,12 @@ export class Worker {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    this.unsubscribe.push(
-      this.engine.onReady((types) => {
-        if (this.types.some((t) => types.has(t))) this.pump();
-      }),
-      this.engine.onCancelled((ids) => {
-        for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
-      }),
-    );
-    // Work made ready by other processes, when the store can tell (Postgres: LISTEN/NOTIFY).
-    const fromStore = this.engine.store.onReady?.((notice) => {
-      if (
-        notice === null ||
-        (notice.namespace === this.opts.namespace && notice.types.some((t) => this.handlers.has(t)))
-      )
-        this.pump();
+    const ready = this.port.onReady?.(this.opts.namespace, this.types, () => this.pump());
+    if (ready) this.unsubscribe.push(ready);
+    const cancelled = this.port.onCancelled?.((ids) => {
+      for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
     });
-    if (fromStore) this.unsubscribe.push(fromStore);
+    if (cancelled) this.unsubscribe.push(cancelled);
     const beat = Math.max(50, Math.floor(this.opts.leaseMs / 3));
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
     this.heartbeatTimer.unref();
@@ -119,6 +113,7 @@ export class Worker {
   async stop(graceMs = 30_000): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
+    this.longPoll?.abort();
     if (this.claiming) await this.claiming;
     const deadline = Date.now() + graceMs;
     const busy = () =>
@@ -142,29 +137,44 @@ export class Worker {
     return this.running.size;
   }
 
-  private pump(): void {
+  private pump(wait = false): void {
     if (this.stopped || this.claiming) return;
     const want = Math.min(this.opts.concurrency - this.running.size, this.opts.batchSize);
     if (want <= 0) return;
     clearTimeout(this.wakeTimer);
-    this.claiming = this.engine
-      .claim(this.opts.namespace, this.types, want, this.opts.leaseMs)
+    const q = { namespace: this.opts.namespace, types: this.types, limit: want, leaseMs: this.opts.leaseMs };
+    let signal: AbortSignal | undefined;
+    if (wait) {
+      this.longPoll = new AbortController();
+      signal = this.longPoll.signal;
+    }
+    this.claiming = this.port
+      .claim(wait ? { ...q, waitMs: this.opts.longPollMs ?? 10_000 } : q, signal)
       .then((claimed) => this.claimed(claimed, want))
       .catch((e) => this.claimFailed(e));
   }
 
-  /** Starts claimed tasks; claims again at once if the batch was full, else sleeps. */
-  private async claimed(claimed: ClaimedTask[], want: number): Promise<void> {
+  /**
+   * Starts claimed tasks; claims again at once if the batch was full, else sleeps (or, on a
+   * port that long-polls, claims again and waits there for work).
+   */
+  private async claimed(claimed: PortTask[], want: number): Promise<void> {
     this.claiming = false;
+    this.longPoll = undefined;
     for (const c of claimed) this.runTask(c);
     if (claimed.length === want) {
       this.pump();
       return;
     }
+    if (this.port.longPoll) {
+      // Handlers finishing meanwhile report without a claim; the poll answers as work arrives.
+      this.pump(true);
+      return;
+    }
     // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
     let delay = this.opts.pollMs;
     try {
-      const next = await this.engine.nextRunAt(this.opts.namespace, this.types);
+      const next = (await this.port.nextRunAt?.(this.opts.namespace, this.types)) ?? null;
       if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
     } catch (e) {
       this.onError(e); // the store is unreachable: poll again later
@@ -175,38 +185,45 @@ export class Worker {
 
   private claimFailed(e: unknown): void {
     this.claiming = false;
+    const aborted = this.longPoll?.signal.aborted;
+    this.longPoll = undefined;
+    if (aborted) {
+      this.pump();
+      return;
+    }
     this.onError(e);
     clearTimeout(this.wakeTimer);
     if (!this.stopped) this.wakeTimer = setTimeout(() => this.pump(), this.opts.pollMs);
   }
 
-  private runTask(claimed: ClaimedTask): void {
-    const { row, token } = claimed;
-    const handler = this.handlers.get(row.type)!;
+  private runTask(claimed: PortTask): void {
+    const handler = this.handlers.get(claimed.type)!;
     const controller = new LazyAbort();
     const entry: Running = { claimed, controller, timer: undefined, done: false };
-    this.running.set(row.id, entry);
-    if (row.timeout_ms !== null) {
-      const remaining = (row.started_at ?? Date.now()) + row.timeout_ms - Date.now();
-      entry.timer = setTimeout(() => {
-        const err = new Error(`attempt ${row.attempt} timed out after ${row.timeout_ms} ms`);
-        err.name = 'TimeoutError';
-        controller.abort(err);
-        this.finish(entry, { error: toTaskError(err) });
-      }, remaining);
+    this.running.set(claimed.id, entry);
+    const { timeoutMs, payload } = claimed;
+    if (timeoutMs !== null) {
+      entry.timer = setTimeout(
+        () => {
+          const err = new Error(`attempt ${claimed.attempt} timed out after ${timeoutMs} ms`);
+          err.name = 'TimeoutError';
+          controller.abort(err);
+          this.finish(entry, { error: toTaskError(err) });
+        },
+        claimed.startedAt + timeoutMs - Date.now(),
+      );
     }
-    const payload = row.payload === null ? null : JSON.parse(row.payload);
     const ctx = new TaskContext(
-      this.engine,
+      this.port,
       {
-        id: row.id,
-        jobId: row.job_id,
-        parentId: row.parent_id,
-        type: row.type,
-        attempt: row.attempt,
+        id: claimed.id,
+        jobId: claimed.jobId,
+        parentId: claimed.parentId,
+        type: claimed.type,
+        attempt: claimed.attempt,
         payload,
       },
-      token,
+      claimed.token,
       controller,
     );
     let promise: Promise<unknown>;
@@ -232,7 +249,7 @@ export class Worker {
     if (entry.done) return;
     entry.done = true;
     clearTimeout(entry.timer);
-    const ref = { id: entry.claimed.row.id, token: entry.claimed.token };
+    const ref = { id: entry.claimed.id, token: entry.claimed.token };
     if (entry.controller.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
       // Cancelled or lease lost: the store rejects this attempt's outcome anyway.
       this.running.delete(ref.id);
@@ -269,6 +286,8 @@ export class Worker {
       this.opts.concurrency - this.running.size + completions.length + failures.length,
       this.opts.batchSize,
     );
+    // With a long-poll in flight (no work was ready), outcomes go without a claim: work they
+    // make ready answers that poll. Aborting it instead could drop tasks it just claimed.
     const claimNow = !this.stopped && !this.claiming && want > 0;
     let claimDone!: () => void;
     if (claimNow) {
@@ -278,9 +297,9 @@ export class Worker {
       clearTimeout(this.wakeTimer);
     }
     this.flushing = (async () => {
-      let claimed: ClaimedTask[] | undefined;
+      let claimed: PortTask[] | undefined;
       try {
-        const r = await this.engine.report(
+        const r = await this.port.report(
           completions,
           failures,
           claimNow
@@ -312,10 +331,10 @@ export class Worker {
   private async heartbeat(): Promise<void> {
     const refs = [...this.running.values()]
       .filter((r) => !r.done)
-      .map((r) => ({ id: r.claimed.row.id, token: r.claimed.token }));
+      .map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
     if (!refs.length) return;
     try {
-      const status = await this.engine.heartbeat(refs, this.opts.leaseMs);
+      const status = await this.port.heartbeat(refs, this.opts.leaseMs);
       status.forEach((s, i) => {
         if (s === 'ok') return;
         const entry = this.running.get(refs[i]!.id);

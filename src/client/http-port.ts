@@ -1,0 +1,399 @@
+/**
+ * The engine port over HTTP: what `open({ database: 'http://…' })` runs on. Each port call is
+ * one request of the server's API (docs/http-api.md), so each stays one transaction there;
+ * the worker's round trip (outcomes, then the next claim) is one `POST /v1/worker/report`.
+ *
+ * Every call is safe to repeat after a lost answer, and is repeated through connection errors
+ * and 503s: worker calls are guarded by their attempt token, spawns by their keys, and
+ * submissions by a job id chosen here.
+ */
+import { hostname } from 'node:os';
+import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from '../engine/engine.js';
+import { StaleAttemptError, ValidationError } from '../engine/errors.js';
+import { newId } from '../engine/ids.js';
+import type {
+  ClaimQuery,
+  DynataskPort,
+  HeartbeatStatus,
+  JobQuery,
+  JobSpec,
+  JobSummary,
+  PortTask,
+  ReportResult,
+  TypeSettings,
+} from '../engine/port.js';
+import type {
+  DynataskEvent,
+  JobInfo,
+  Outcome,
+  SpawnOptions,
+  SubmitOptions,
+  TaskError,
+  TaskHandle,
+  TaskInfo,
+} from '../engine/types.js';
+import { streamEvents } from './events.js';
+import { errorFrom, Transport, type TransportOptions } from './transport.js';
+
+/** A claimed task as the server sends it. */
+interface WireTask {
+  id: string;
+  jobId: string;
+  parentId: string | null;
+  type: string;
+  payload: unknown;
+  attempt: number;
+  token: number;
+  timeoutMs: number | null;
+}
+
+type ItemError = { error: { code: string; message: string } };
+
+const MAX_TEXT = 100_000;
+
+function portTask(t: WireTask, now: number): PortTask {
+  return {
+    id: t.id,
+    jobId: t.jobId,
+    parentId: t.parentId,
+    type: t.type,
+    attempt: t.attempt,
+    token: t.token,
+    payload: t.payload ?? null,
+    timeoutMs: t.timeoutMs ?? null,
+    // The server's clock may differ: the timeout counts from when this process got the task.
+    startedAt: now,
+  };
+}
+
+/** Task options as the wire takes them: times as epoch ms, dependencies as ids or keys. */
+function wireOptions(o: SpawnOptions | SubmitOptions | undefined, where: string): Record<string, unknown> {
+  if (!o) return {};
+  const { transaction, runAt, ...rest } = o as SpawnOptions & SubmitOptions;
+  if (transaction !== undefined)
+    throw new ValidationError(
+      `${where}.transaction: a transaction of yours can only be joined in-process, on the database itself`,
+    );
+  const out: Record<string, unknown> = rest;
+  if (runAt !== undefined) out.runAt = runAt instanceof Date ? runAt.getTime() : runAt;
+  const after = (o as SpawnOptions).after;
+  if (after) out.after = after.map((a) => (typeof a === 'string' ? a : a.id));
+  return out;
+}
+
+/** A stored error within the bounds the server accepts. */
+function wireError(e: TaskError): Record<string, unknown> {
+  const out: Record<string, unknown> = { name: e.name.slice(0, 200), message: e.message.slice(0, MAX_TEXT) };
+  if (e.stack !== undefined) out.stack = e.stack.slice(0, MAX_TEXT);
+  if (e.retryable !== undefined) out.retryable = e.retryable;
+  return out;
+}
+
+function query(params: Record<string, string | number | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined) q.set(k, String(v));
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+export interface HttpPortOptions extends TransportOptions {
+  /** Lease of claimed tasks. Default 30 s. */
+  leaseMs?: number;
+}
+
+export class HttpPort implements DynataskPort {
+  readonly longPoll = true;
+  readonly leaseMs: number;
+  readonly transport: Transport;
+  /** Names this process's worker to the server, so its types show as served. */
+  private readonly workerId = `${hostname()}:${process.pid}:${newId()}`;
+  private readonly streams = new Set<() => void>();
+
+  constructor(opts: HttpPortOptions) {
+    this.transport = new Transport(opts);
+    this.leaseMs = opts.leaseMs ?? 30_000;
+  }
+
+  get where(): string {
+    return this.transport.origin;
+  }
+
+  private post<T>(path: string, body: unknown, signal?: AbortSignal): Promise<T> {
+    return this.transport.call<T>('POST', path, body, signal ? { signal } : {});
+  }
+
+  // ---------------------------------------------------------------- worker
+
+  async claim(q: ClaimQuery & { waitMs?: number }, signal?: AbortSignal): Promise<PortTask[]> {
+    const r = await this.post<{ tasks: WireTask[] }>(
+      '/v1/worker/claim',
+      { ...q, limit: Math.min(q.limit, 1000), workerId: this.workerId },
+      signal,
+    );
+    const now = Date.now();
+    return r.tasks.map((t) => portTask(t, now));
+  }
+
+  async report(
+    completed: Array<AttemptRef & { result: unknown }>,
+    failed: Array<AttemptRef & { error: TaskError }>,
+    next?: ClaimQuery,
+  ): Promise<ReportResult> {
+    // The body is composed here so each result is serialised once, and a result JSON cannot
+    // hold fails its own task (as in-process), never the whole batch.
+    const done: string[] = [];
+    const doneAt: number[] = [];
+    const bad: Array<AttemptRef & { error: TaskError }> = [];
+    completed.forEach((c, i) => {
+      let json: string | undefined;
+      try {
+        json = JSON.stringify(c.result);
+      } catch (e) {
+        bad.push({
+          id: c.id,
+          token: c.token,
+          error: {
+            name: 'InvalidResult',
+            message: `result of task ${c.id} is not JSON-serialisable: ${(e as Error).message}`,
+            retryable: false,
+          },
+        });
+        return;
+      }
+      done.push(
+        `{"id":${JSON.stringify(c.id)},"token":${c.token}${json === undefined ? '' : `,"result":${json}`}}`,
+      );
+      doneAt.push(i);
+    });
+    const failing = bad.length ? failed.concat(bad) : failed;
+    let raw = `{"completed":[${done.join(',')}]`;
+    if (failing.length)
+      raw += `,"failed":${JSON.stringify(failing.map((f) => ({ id: f.id, token: f.token, error: wireError(f.error) })))}`;
+    if (next)
+      raw += `,"claim":${JSON.stringify({ ...next, limit: Math.min(next.limit, 1000), workerId: this.workerId })}`;
+    raw += '}';
+    const r = await this.transport.call<{ completed: string[]; failed: string[]; tasks: WireTask[] }>(
+      'POST',
+      '/v1/worker/report',
+      undefined,
+      { raw },
+    );
+    const completedOk = completed.map(() => false);
+    doneAt.forEach((i, j) => {
+      completedOk[i] = r.completed[j] === 'ok';
+    });
+    const now = Date.now();
+    return {
+      completed: completedOk,
+      failed: failed.map((_, i) => r.failed[i] === 'ok'),
+      claimed: r.tasks.map((t) => portTask(t, now)),
+    };
+  }
+
+  async heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
+    const out: HeartbeatStatus[] = [];
+    for (let i = 0; i < items.length; i += 10_000) {
+      const chunk = items.slice(i, i + 10_000).map((r) => ({ id: r.id, token: r.token }));
+      const r = await this.post<{ items: HeartbeatStatus[] }>('/v1/worker/heartbeat', {
+        items: chunk,
+        leaseMs,
+      });
+      out.push(...r.items);
+    }
+    return out;
+  }
+
+  async spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]> {
+    const children = specs.map((s, i) => ({
+      type: s.type,
+      payload: s.payload,
+      options: { ...wireOptions(s.options, `children[${i}].options`), key: keys[i] },
+    }));
+    const r = await this.post<{ items: Array<{ children: TaskHandle[] } | ItemError> }>('/v1/worker/spawn', {
+      items: [{ id: parent.id, token: parent.token, children }],
+    });
+    const item = r.items[0]!;
+    if ('error' in item) throw errorFrom(409, item);
+    return item.children;
+  }
+
+  async wait(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
+    let repeated = false;
+    const item = spec.all ? { ...ref, all: true } : { ...ref, ids: spec.ids };
+    let r: { items: Array<WaitResult | ItemError> };
+    try {
+      r = await this.transport.call(
+        'POST',
+        '/v1/worker/wait',
+        { items: [item] },
+        { onRetry: () => (repeated = true) },
+      );
+    } catch (e) {
+      // The first try may have suspended the task before its answer was lost: the repeat then
+      // finds the attempt no longer holds it, which is what suspending means.
+      if (repeated && e instanceof StaleAttemptError) return { suspended: true };
+      throw e;
+    }
+    const out = r.items[0]!;
+    if ('error' in out) throw errorFrom(409, out);
+    if (out.suspended) return { suspended: true };
+    return { suspended: false, outcomes: out.outcomes as Outcome[] };
+  }
+
+  async getStep(task: AttemptRef & { jobId: string }, name: string) {
+    const r = await this.post<{ found: boolean; value?: unknown }>('/v1/worker/steps/get', {
+      id: task.id,
+      token: task.token,
+      name,
+    });
+    return { found: r.found, value: r.value };
+  }
+
+  async putStep(ref: AttemptRef, name: string, value: unknown): Promise<void> {
+    // `undefined` is sent as no value at all, which the server stores as `undefined`.
+    await this.post('/v1/worker/steps/put', { id: ref.id, token: ref.token, name, value });
+  }
+
+  async progress(ref: AttemptRef, value: unknown): Promise<void> {
+    await this.post('/v1/worker/progress', { id: ref.id, token: ref.token, progress: value ?? null });
+  }
+
+  // ---------------------------------------------------------------- operators and readers
+
+  async submit(jobs: JobSpec[]) {
+    const out: Array<{ jobId: string; rootTaskId: string }> = [];
+    for (let i = 0; i < jobs.length; i += 1000) {
+      const body = jobs.slice(i, i + 1000).map((j, k) => ({
+        type: j.type,
+        payload: j.payload,
+        // A job id chosen here makes the submission safe to repeat after a lost answer.
+        options: { jobId: newId(), ...wireOptions(j.options, `jobs[${i + k}].options`) },
+      }));
+      const r = await this.post<{ jobs: Array<{ jobId: string; rootTaskId: string }> }>('/v1/jobs', {
+        jobs: body,
+      });
+      for (const j of r.jobs) out.push({ jobId: j.jobId, rootTaskId: j.rootTaskId });
+    }
+    return out;
+  }
+
+  getJob(jobId: string): Promise<JobInfo> {
+    return this.transport.call('GET', `/v1/jobs/${encodeURIComponent(jobId)}`);
+  }
+
+  async listJobs(q: JobQuery): Promise<JobSummary[]> {
+    const r = await this.transport.call<{ jobs: JobSummary[] }>(
+      'GET',
+      `/v1/jobs${query({
+        namespace: q.namespace,
+        state: q.state,
+        type: q.type,
+        createdAfter: q.createdAfter,
+        createdBefore: q.createdBefore,
+        before: q.before,
+        limit: q.limit,
+      })}`,
+    );
+    return r.jobs;
+  }
+
+  getTask(taskId: string): Promise<TaskInfo> {
+    return this.transport.call('GET', `/v1/tasks/${encodeURIComponent(taskId)}`);
+  }
+
+  tree(jobId: string, after: string | null, limit: number) {
+    return this.transport.call<{ tasks: TaskInfo[]; next: string | null }>(
+      'GET',
+      `/v1/jobs/${encodeURIComponent(jobId)}/tasks${query({ after: after ?? undefined, limit })}`,
+    );
+  }
+
+  async queuedTypes(namespace: string) {
+    const r = await this.transport.call<{ types: Array<{ type: string; queued: number; served: boolean }> }>(
+      'GET',
+      `/v1/types${query({ namespace })}`,
+    );
+    return r.types;
+  }
+
+  async cancelJob(jobId: string, reason?: string): Promise<boolean> {
+    const body = reason === undefined ? {} : { reason };
+    const r = await this.post<{ cancelled: boolean }>(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, body);
+    return r.cancelled;
+  }
+
+  async cancelTask(taskId: string, reason?: string): Promise<boolean> {
+    const body = reason === undefined ? {} : { reason };
+    const r = await this.post<{ cancelled: boolean }>(`/v1/tasks/${encodeURIComponent(taskId)}/cancel`, body);
+    return r.cancelled;
+  }
+
+  async retryTask(taskId: string): Promise<void> {
+    await this.post(`/v1/tasks/${encodeURIComponent(taskId)}/retry`, {});
+  }
+
+  async purge(): Promise<number> {
+    throw new ValidationError(
+      'purge: not available over HTTP; run `dynatask purge --database <the database>` where the server runs',
+    );
+  }
+
+  async configureTypes(namespace: string, types: TypeSettings[]): Promise<void> {
+    if (types.length) await this.post('/v1/worker/types', { namespace, types });
+  }
+
+  async workerStarted(): Promise<() => Promise<void>> {
+    // The server sweeps expired leases, and records this worker's types from its claims.
+    return async () => {};
+  }
+
+  subscribe(listener: (e: DynataskEvent) => void, jobId?: string): () => void {
+    const path = jobId ? `/v1/jobs/${encodeURIComponent(jobId)}/events` : '/v1/events';
+    const stop = streamEvents(this.transport, path, listener);
+    this.streams.add(stop);
+    return () => {
+      stop();
+      this.streams.delete(stop);
+    };
+  }
+
+  /**
+   * Polls the job, and listens to its event stream meanwhile so it returns as soon as the
+   * job settles; the poll covers what the stream misses (a reconnection, another server).
+   */
+  async waitForJob(jobId: string, pollMs: number): Promise<JobInfo> {
+    let wake: (() => void) | undefined;
+    let streamOpen!: () => void;
+    const opened = new Promise<void>((r) => (streamOpen = r));
+    const stop = streamEvents(
+      this.transport,
+      `/v1/jobs/${encodeURIComponent(jobId)}/events`,
+      (e) => {
+        if (e.kind === 'job' && e.state !== 'running') wake?.();
+      },
+      { onOpen: streamOpen, onUnavailable: streamOpen },
+    );
+    this.streams.add(stop);
+    try {
+      // Read the job only once the stream listens: a settlement in between is not missed.
+      await Promise.race([opened, new Promise((r) => setTimeout(r, pollMs))]);
+      for (;;) {
+        const woken = new Promise<void>((r) => (wake = r));
+        const job = await this.getJob(jobId);
+        if (job.state !== 'running') return job;
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([woken, new Promise<void>((r) => (timer = setTimeout(r, pollMs)))]);
+        clearTimeout(timer);
+      }
+    } finally {
+      stop();
+      this.streams.delete(stop);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const stop of this.streams) stop();
+    this.streams.clear();
+    await this.transport.close();
+  }
+}

@@ -1,0 +1,328 @@
+/**
+ * The engine port in this process: the Engine and its Store, with the read side (job and
+ * task queries) and the worker's companions (lease sweeper, presence). A thin adapter: every
+ * transition stays in engine.ts.
+ */
+import { hostname } from 'node:os';
+import type { ClaimRow, JobRow, Store, TaskRow } from '../store/store.js';
+import type { AttemptRef, Engine, SpawnSpec, WaitSpec } from './engine.js';
+import { NotFoundError } from './errors.js';
+import { newId } from './ids.js';
+import type {
+  ClaimQuery,
+  DynataskPort,
+  HeartbeatStatus,
+  JobQuery,
+  JobSpec,
+  JobSummary,
+  PortTask,
+  ReportResult,
+  TypeSettings,
+} from './port.js';
+import {
+  type DynataskEvent,
+  type JobInfo,
+  TASK_STATES,
+  type TaskError,
+  type TaskInfo,
+  type TaskState,
+} from './types.js';
+
+const parse = (s: string | null) => (s === null ? null : JSON.parse(s));
+
+function portTask(row: ClaimRow, token: number): PortTask {
+  return {
+    id: row.id,
+    jobId: row.job_id,
+    parentId: row.parent_id,
+    type: row.type,
+    attempt: row.attempt,
+    token,
+    payload: parse(row.payload),
+    timeoutMs: row.timeout_ms,
+    startedAt: row.started_at ?? Date.now(),
+  };
+}
+
+/** A task row as queries return it. */
+export function taskInfo(r: TaskRow): TaskInfo {
+  return {
+    id: r.id,
+    jobId: r.job_id,
+    parentId: r.parent_id,
+    type: r.type,
+    key: r.spawn_key,
+    dedupKey: r.dedup_key,
+    state: r.state,
+    payload: parse(r.payload),
+    result: parse(r.result),
+    error: parse(r.error) as TaskError | null,
+    progress: parse(r.progress),
+    attempt: r.attempt,
+    maxAttempts: r.max_attempts,
+    priority: r.priority,
+    runAt: r.run_at,
+    createdAt: r.created_at,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    settledAt: r.settled_at,
+    openChildren: r.open_children,
+  };
+}
+
+export class LocalPort implements DynataskPort {
+  readonly longPoll = false;
+  private readonly workerId = `${hostname()}:${process.pid}:${newId()}`;
+  private readonly jobWaiters = new Map<string, Set<() => void>>();
+  private jobUnsub: (() => void) | undefined;
+
+  constructor(
+    readonly engine: Engine,
+    readonly store: Store,
+  ) {}
+
+  get leaseMs(): number {
+    return this.engine.leaseMs;
+  }
+
+  get where(): string {
+    return this.store.kind;
+  }
+
+  // ---------------------------------------------------------------- worker
+
+  async claim(q: ClaimQuery): Promise<PortTask[]> {
+    const claimed = await this.engine.claim(q.namespace, q.types, q.limit, q.leaseMs);
+    return claimed.map((c) => portTask(c.row, c.token));
+  }
+
+  async report(
+    completed: Array<AttemptRef & { result: unknown }>,
+    failed: Array<AttemptRef & { error: TaskError }>,
+    next?: ClaimQuery,
+  ): Promise<ReportResult> {
+    const r = await this.engine.report(completed, failed, next);
+    return {
+      completed: r.completed,
+      failed: r.failed,
+      claimed: r.claimed.map((c) => portTask(c.row, c.token)),
+    };
+  }
+
+  heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
+    return this.engine.heartbeat(items, leaseMs);
+  }
+
+  nextRunAt(namespace: string, types: string[]): Promise<number | null> {
+    return this.engine.nextRunAt(namespace, types);
+  }
+
+  onReady(namespace: string, types: string[], listener: () => void): () => void {
+    const served = new Set(types);
+    const offEngine = this.engine.onReady((ready) => {
+      for (const t of ready) if (served.has(t)) return listener();
+    });
+    // Work made ready by other processes, when the store can tell (Postgres: LISTEN/NOTIFY).
+    const offStore = this.store.onReady?.((notice) => {
+      if (notice === null || (notice.namespace === namespace && notice.types.some((t) => served.has(t))))
+        listener();
+    });
+    return () => {
+      offEngine();
+      offStore?.();
+    };
+  }
+
+  onCancelled(listener: (taskIds: string[]) => void): () => void {
+    return this.engine.onCancelled(listener);
+  }
+
+  spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]) {
+    return this.engine.spawn(parent, specs, keys);
+  }
+
+  wait(ref: AttemptRef, spec: WaitSpec) {
+    return this.engine.wait(ref, spec);
+  }
+
+  getStep(task: AttemptRef & { jobId: string }, name: string) {
+    return this.engine.getStep(task.jobId, task.id, name);
+  }
+
+  putStep(ref: AttemptRef, name: string, value: unknown) {
+    return this.engine.putStep(ref, name, value);
+  }
+
+  progress(ref: AttemptRef, value: unknown) {
+    return this.engine.progress(ref, value);
+  }
+
+  // ---------------------------------------------------------------- operators and readers
+
+  async submit(jobs: JobSpec[]) {
+    return this.engine.submit(jobs);
+  }
+
+  async getJob(jobId: string): Promise<JobInfo> {
+    const job = await this.store.getJob(jobId);
+    if (!job) throw new NotFoundError(`job ${jobId} not found`);
+    return this.jobInfo(job);
+  }
+
+  private async jobInfo(job: JobRow): Promise<JobInfo> {
+    const [root, counts] = await Promise.all([
+      this.store.getTask(job.root_task_id),
+      this.store.jobCounts(job.id),
+    ]);
+    const byState = Object.fromEntries(TASK_STATES.map((s) => [s, 0])) as Record<TaskState, number>;
+    let total = 0;
+    for (const c of counts) {
+      byState[c.state] = c.n;
+      total += c.n;
+    }
+    return {
+      id: job.id,
+      namespace: job.namespace,
+      type: job.type,
+      rootTaskId: job.root_task_id,
+      state: job.state,
+      result: root?.result ? JSON.parse(root.result) : null,
+      error: root?.error && job.state !== 'succeeded' ? (JSON.parse(root.error) as TaskError) : null,
+      createdAt: job.created_at,
+      settledAt: job.settled_at,
+      counts: byState,
+      total,
+    };
+  }
+
+  async listJobs(q: JobQuery): Promise<JobSummary[]> {
+    const rows = await this.store.listJobs(q);
+    return rows.map((j) => ({
+      id: j.id,
+      namespace: j.namespace,
+      type: j.type,
+      rootTaskId: j.root_task_id,
+      state: j.state,
+      createdAt: j.created_at,
+      settledAt: j.settled_at,
+    }));
+  }
+
+  async getTask(taskId: string): Promise<TaskInfo> {
+    const row = await this.store.getTask(taskId);
+    if (!row) throw new NotFoundError(`task ${taskId} not found`);
+    const info = taskInfo(row);
+    info.attempts = (await this.store.attempts(row.job_id, taskId)).map((a) => ({
+      attempt: a.attempt,
+      startedAt: a.started_at,
+      finishedAt: a.finished_at,
+      error: JSON.parse(a.error) as TaskError,
+    }));
+    return info;
+  }
+
+  async tree(jobId: string, after: string | null, limit: number) {
+    const p = await this.store.taskPage(jobId, after, limit);
+    return { tasks: p.tasks.map(taskInfo), next: p.next };
+  }
+
+  async queuedTypes(namespace: string) {
+    const [queued, live] = await Promise.all([
+      this.store.queuedByType(namespace),
+      this.store.liveTypes(namespace, Date.now() - 15_000),
+    ]);
+    const served = new Set(live);
+    return queued.map((q) => ({ type: q.type, queued: q.n, served: served.has(q.type) }));
+  }
+
+  cancelJob(jobId: string, reason?: string): Promise<boolean> {
+    return this.engine.cancelJob(jobId, reason);
+  }
+
+  cancelTask(taskId: string, reason?: string): Promise<boolean> {
+    return this.engine.cancelTask(taskId, reason);
+  }
+
+  retryTask(taskId: string): Promise<void> {
+    return this.engine.retryTask(taskId);
+  }
+
+  async purge(namespace: string, before: number): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.store.purgeJobs(namespace, before, 500);
+      total += n;
+      if (n < 500) return total;
+    }
+  }
+
+  configureTypes(namespace: string, types: TypeSettings[]): Promise<void> {
+    return this.engine.configureTypes(
+      types.map((o) => ({
+        namespace,
+        type: o.type,
+        max_attempts: o.maxAttempts ?? null,
+        backoff_ms: o.backoffMs ?? null,
+        max_backoff_ms: o.maxBackoffMs ?? null,
+        timeout_ms: o.timeoutMs ?? null,
+        concurrency: o.concurrency ?? null,
+      })),
+    );
+  }
+
+  async workerStarted(namespace: string, types: string[]): Promise<() => Promise<void>> {
+    // Every started instance sweeps expired leases, so a crashed process's tasks are retried.
+    const sweepEvery = Math.max(50, Math.min(5000, Math.floor(this.engine.leaseMs / 2)));
+    const sweeper = setInterval(() => {
+      this.engine.expireLeases().catch((e) => console.error('dynatask lease sweeper:', e));
+    }, sweepEvery);
+    sweeper.unref();
+    const touch = () => this.store.touchWorker(this.workerId, namespace, types, Date.now()).catch(() => {});
+    await touch();
+    const presence = setInterval(touch, 5000);
+    presence.unref();
+    return async () => {
+      clearInterval(sweeper);
+      clearInterval(presence);
+      await this.store.removeWorker(this.workerId);
+    };
+  }
+
+  subscribe(listener: (e: DynataskEvent) => void, jobId?: string): () => void {
+    return this.engine.subscribe(jobId ? (e) => e.jobId === jobId && listener(e) : listener);
+  }
+
+  async waitForJob(jobId: string, pollMs: number): Promise<JobInfo> {
+    this.jobUnsub ??= this.engine.onJobSettled((jobs) => {
+      for (const j of jobs) for (const w of this.jobWaiters.get(j.jobId) ?? []) w();
+    });
+    for (;;) {
+      let wake!: () => void;
+      const woken = new Promise<void>((r) => {
+        wake = r;
+      });
+      let set = this.jobWaiters.get(jobId);
+      if (!set) {
+        set = new Set();
+        this.jobWaiters.set(jobId, set);
+      }
+      set.add(wake);
+      try {
+        const job = await this.store.getJob(jobId);
+        if (!job) throw new NotFoundError(`job ${jobId} not found`);
+        if (job.state !== 'running') return this.jobInfo(job);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([woken, new Promise<void>((r) => (timer = setTimeout(r, pollMs)))]);
+        clearTimeout(timer);
+      } finally {
+        set.delete(wake);
+        if (set.size === 0) this.jobWaiters.delete(jobId);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.jobUnsub?.();
+    await this.store.close();
+  }
+}
