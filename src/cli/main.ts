@@ -10,6 +10,7 @@ import type { CommonOptions } from './database.js';
 import { runDemo } from './demo.js';
 import { cancelJob, listJobs, purge, showJob, showTask } from './inspect.js';
 import { UserError } from './output.js';
+import { serverCommand } from './server.js';
 
 const JOB_STATES: JobState[] = ['running', 'succeeded', 'failed', 'cancelled'];
 
@@ -87,6 +88,7 @@ export function program(setExitCode: (code: number) => void): Command {
     .option('--namespace <ns>', 'namespace of the jobs to purge', 'default')
     .action(async (opts: Parameters<typeof purge>[0]) => setExitCode(await purge(opts)));
 
+  serverCommand(cli, setExitCode);
   return cli;
 }
 

@@ -1,0 +1,69 @@
+/** What every route module of the server shares: the engine, the store and the server's state. */
+import type { Engine } from '../engine/engine.js';
+import type { Store, TypeConfigRow } from '../store/store.js';
+import type { Auth } from './auth.js';
+import type { Metrics } from './metrics.js';
+import type { Wakeups } from './wakeups.js';
+
+/**
+ * Per-type settings of the namespaces this server has served. The engine decides retries from
+ * its own copy (loadTypeConfigs); this copy gives claimed tasks their type's timeout. Both are
+ * reloaded now and then, since workers of other processes register types too.
+ */
+export class TypeSettings {
+  private readonly byNamespace = new Map<string, Map<string, TypeConfigRow>>();
+  private readonly loading = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly store: Store,
+  ) {}
+
+  /** Namespaces seen so far. */
+  namespaces(): string[] {
+    return [...this.byNamespace.keys()];
+  }
+
+  /** Loads a namespace's settings the first time it is used. */
+  ensure(namespace: string): Promise<void> {
+    if (this.byNamespace.has(namespace)) return Promise.resolve();
+    let p = this.loading.get(namespace);
+    if (!p) {
+      p = this.load(namespace).finally(() => this.loading.delete(namespace));
+      this.loading.set(namespace, p);
+    }
+    return p;
+  }
+
+  private async load(namespace: string): Promise<void> {
+    const [rows] = await Promise.all([
+      this.store.typeConfigs(namespace),
+      this.engine.loadTypeConfigs(namespace),
+    ]);
+    this.byNamespace.set(namespace, new Map(rows.map((r) => [r.type, r])));
+  }
+
+  /** Reloads every known namespace. */
+  async refresh(): Promise<void> {
+    for (const ns of this.namespaces()) await this.load(ns);
+  }
+
+  timeoutOf(namespace: string, type: string): number | null {
+    return this.byNamespace.get(namespace)?.get(type)?.timeout_ms ?? null;
+  }
+}
+
+export interface ServerContext {
+  engine: Engine;
+  store: Store;
+  auth: Auth;
+  metrics: Metrics;
+  wakeups: Wakeups;
+  types: TypeSettings;
+  /** Safety-net re-claim interval of a long poll: wake-ups from other SQLite processes do not exist. */
+  pollMs: number;
+  /** Set when shutting down: claims answer empty at once, /readyz answers 503. */
+  readonly draining: boolean;
+  /** Records that `workerId` serves `types` (GET /v1/types shows them as served); throttled. */
+  touchWorker(workerId: string, namespace: string, types: string[]): void;
+}

@@ -1,0 +1,153 @@
+/**
+ * Live events as Server-Sent Events: every job's, or one job's. They come from engine.subscribe,
+ * so a stream carries the transitions committed through this process (its own workers' and the
+ * HTTP calls it served); see docs/http-api.md for what a deployment of several servers sees.
+ */
+import type { ServerResponse } from 'node:http';
+import { NotFoundError } from '../../engine/errors.js';
+import type { DynataskEvent } from '../../engine/types.js';
+import type { ServerContext } from '../context.js';
+import { JobParams } from '../schemas.js';
+import { errors, type Typed } from './common.js';
+
+/** A comment line this often keeps proxies from closing an idle stream. */
+const KEEPALIVE_MS = 15_000;
+/** A client this far behind is cut off (it can reconnect) rather than buffered without bound. */
+const MAX_BUFFERED = 8 * 1024 * 1024;
+
+interface Stream {
+  res: ServerResponse;
+  jobId: string | undefined;
+  seq: number;
+}
+
+/** The open streams, and one engine subscription shared by them while any is open. */
+export class EventStreams {
+  private readonly streams = new Set<Stream>();
+  private unsubscribe: (() => void) | undefined;
+  private keepalive: NodeJS.Timeout | undefined;
+
+  constructor(private readonly ctx: ServerContext) {}
+
+  get size(): number {
+    return this.streams.size;
+  }
+
+  open(res: ServerResponse, jobId: string | undefined): Stream {
+    const s: Stream = { res, jobId, seq: 0 };
+    this.streams.add(s);
+    this.ctx.metrics.eventStreams.set(this.streams.size);
+    // Subscribing makes every transaction build its events: only while someone listens.
+    this.unsubscribe ??= this.ctx.engine.subscribe((e) => this.publish(e));
+    if (!this.keepalive) {
+      this.keepalive = setInterval(() => {
+        for (const st of this.streams) st.res.write(': keepalive\n\n');
+      }, KEEPALIVE_MS);
+      this.keepalive.unref();
+    }
+    res.once('close', () => this.remove(s));
+    return s;
+  }
+
+  send(s: Stream, e: DynataskEvent): void {
+    if (s.res.writableLength > MAX_BUFFERED) {
+      s.res.end();
+      return;
+    }
+    s.seq++;
+    s.res.write(`id: ${s.seq}\ndata: ${JSON.stringify(e)}\n\n`);
+  }
+
+  private publish(e: DynataskEvent): void {
+    for (const s of this.streams) if (s.jobId === undefined || s.jobId === e.jobId) this.send(s, e);
+  }
+
+  private remove(s: Stream): void {
+    if (!this.streams.delete(s)) return;
+    this.ctx.metrics.eventStreams.set(this.streams.size);
+    if (this.streams.size === 0) {
+      this.unsubscribe?.();
+      this.unsubscribe = undefined;
+      clearInterval(this.keepalive);
+      this.keepalive = undefined;
+    }
+  }
+
+  /** Ends every stream (shutdown: the server cannot close while they are open). */
+  closeAll(): void {
+    for (const s of [...this.streams]) {
+      s.res.end();
+      this.remove(s);
+    }
+  }
+}
+
+const SSE_HEADERS = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache, no-transform',
+  connection: 'keep-alive',
+  // nginx buffers responses unless told not to.
+  'x-accel-buffering': 'no',
+};
+
+const sseResponse = {
+  200: {
+    description:
+      'text/event-stream: one `data:` line of JSON per event ({kind: task|progress|job, jobId, ...}), `id:` increasing per stream',
+    content: { 'text/event-stream': { schema: { type: 'string' } } },
+  },
+};
+
+export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStreams): void {
+  const tags = ['events'];
+
+  app.get(
+    '/v1/events',
+    {
+      config: { access: 'read' },
+      schema: {
+        tags,
+        summary: "Every job's events (Server-Sent Events), as transitions commit through this server",
+        response: { ...sseResponse, ...errors(401, 403) },
+      },
+    },
+    (_req, reply) => {
+      reply.hijack();
+      reply.raw.writeHead(200, SSE_HEADERS);
+      reply.raw.write(': connected\n\n');
+      streams.open(reply.raw, undefined);
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:jobId/events',
+    {
+      config: { access: 'read' },
+      schema: {
+        tags,
+        summary: "One job's events (Server-Sent Events); a settled job's stream starts with its job event",
+        params: JobParams,
+        response: { ...sseResponse, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (req, reply) => {
+      const { jobId } = req.params;
+      // Subscribe before reading the job, so that a settle in between is not missed.
+      const pending: DynataskEvent[] = [];
+      const buffer = ctx.engine.subscribe((e) => e.jobId === jobId && pending.push(e));
+      try {
+        const job = await ctx.store.getJob(jobId);
+        if (!job) throw new NotFoundError(`job ${jobId} not found`);
+        reply.hijack();
+        reply.raw.writeHead(200, SSE_HEADERS);
+        reply.raw.write(': connected\n\n');
+        const s = streams.open(reply.raw, jobId);
+        if (job.state !== 'running' && !pending.some((e) => e.kind === 'job'))
+          streams.send(s, { kind: 'job', jobId, state: job.state, at: job.settled_at ?? job.created_at });
+        for (const e of pending) streams.send(s, e);
+      } finally {
+        buffer();
+      }
+    },
+  );
+}
