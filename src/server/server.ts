@@ -6,12 +6,12 @@
  */
 import swagger from '@fastify/swagger';
 import { type TypeBoxTypeProvider, TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyServerOptions, LogController } from 'fastify';
+import Fastify, { type FastifyReply, type FastifyServerOptions, LogController } from 'fastify';
 import type { Dynatask } from '../dynatask.js';
 import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
 import { type ServerContext, TypeSettings } from './context.js';
-import { installErrorHandlers } from './errors.js';
+import { installErrorHandlers, toErrorReply } from './errors.js';
 import { Metrics } from './metrics.js';
 import type { Typed } from './routes/common.js';
 import { EventStreams, eventRoutes } from './routes/events.js';
@@ -116,6 +116,12 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
     return503OnClosing: false,
     // One log line per request (the onResponse hook below), not two.
     logController: new LogController({ disableRequestLogging: true }),
+    // Errors of the router itself (a malformed URL, a path parameter over maxParamLength) get
+    // the contract's shape too.
+    frameworkErrors: (err, _req, reply: FastifyReply) => {
+      const r = toErrorReply(err);
+      void reply.code(r.status).send(r.body);
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   installErrorHandlers(app);
