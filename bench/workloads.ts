@@ -130,7 +130,7 @@ const latency: Workload = async (dt, n, database) => {
   await pings(dt);
   const seconds = (performance.now() - t0) / 1000;
   const local = latencies;
-  if (!dt.store.onReady || !database) return { tasks: n, seconds, latencies: local };
+  if (dt.remote || !dt.store.onReady || !database) return { tasks: n, seconds, latencies: local };
   latencies = [];
   const other = await open({ database });
   await pings(other);
@@ -155,6 +155,8 @@ async function startLatencies(dt: Dynatask, jobId: string): Promise<number[]> {
 export const WORKLOADS: Record<string, { run: Workload; size: number; describe: string }> = {
   flat: { run: flat, size: 20_000, describe: '20k independent one-task jobs: bulk enqueue, then process' },
   fanout: { run: fanout, size: 10_000, describe: 'one parent spawns 10k children and waits for them' },
+  // Fan-in at scale: 100k completions must not queue on the parent's counter row.
+  fanout100k: { run: fanout, size: 100_000, describe: 'one parent spawns 100k children and waits for them' },
   tree: { run: tree, size: 4, describe: 'fan-out 10 at each of 4 levels (11,111 tasks), parents wait' },
   chain: { run: chain, size: 1000, describe: 'chain of depth 1,000: each task spawns the next and waits' },
   latency: { run: latency, size: 200, describe: 'idle worker, 200 single submits 5 ms apart' },

@@ -221,7 +221,7 @@ export interface StoreTx {
    * key the transaction's getSlots did not return: they were spawned after it.
    */
   claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]>;
-  /** Claims and leases the given tasks if still queued; returns those claimed. */
+  /** Claims and leases the given tasks, candidates of this transaction, if still queued; returns those claimed. */
   claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]>;
   /**
    * Guarded completion: for each item still running under its token, stores the result and

@@ -105,7 +105,7 @@ export function queries(s: string) {
      * SKIP LOCKED: a task another claimer holds is passed over, not waited for; the locks
      * taken here keep the chosen rows queued until claimByIds updates them.
      */
-    claimCandidates: `SELECT id, type, priority, run_at, concurrency_key FROM ${s}.tasks
+    claimCandidates: `SELECT id, type, priority, run_at, concurrency_key, ctid::text AS ctid FROM ${s}.tasks
       WHERE namespace = $1 AND type = $2 AND state = 'queued' AND run_at <= $3
         AND (concurrency_key IS NULL
           OR (($5::text[] IS NULL OR concurrency_key = ANY($5::text[])) AND NOT concurrency_key = ANY($6::text[])))
@@ -114,23 +114,26 @@ export function queries(s: string) {
       FOR UPDATE SKIP LOCKED`,
 
     /**
-     * $1: ids, $2: slot bits held per id, $3: now, $4: lease ms, $5: grace ms, $6: default
-     * timeout per type (a JSON object). Claims the tasks still queued: running, token bumped,
-     * leased. The lease is capped by the attempt's timeout (plus grace), so a hung handler
-     * loses its task when its timeout passes, even while its worker keeps heartbeating.
+     * $1: row addresses (ctid) of candidates this transaction holds locked, $2: slot bits held
+     * per row, $3: now, $4: lease ms, $5: grace ms, $6: default timeout per type (a JSON
+     * object). Claims them: running, token bumped, leased. The lease is capped by the attempt's
+     * timeout (plus grace), so a hung handler loses its task when its timeout passes, even
+     * while its worker keeps heartbeating.
+     *
+     * Found by ctid alone (a TID scan, whatever the statistics say): the candidates' locks keep
+     * them queued and in place. Joining by id, or testing `state = 'queued'`, lets the planner
+     * pick the partial claim index from statistics that lag behind a queue that just grew, and
+     * scan every queued task on each claim.
      */
-    claimByIds: `WITH c AS (
-        SELECT t.id, u.held, coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint) AS timeout_ms
-        FROM ${s}.tasks AS t JOIN unnest($1::text[], $2::integer[]) AS u(id, held) ON t.id = u.id
-        WHERE t.state = 'queued'
-      )
-      UPDATE ${s}.tasks AS t SET
+    claimByIds: `UPDATE ${s}.tasks AS t SET
         state = 'running', attempt = greatest(t.attempt, 1), run_token = t.run_token + 1,
-        started_at = $3::bigint, slots_held = c.held, timeout_ms = c.timeout_ms,
-        lease_expires_at = CASE WHEN c.timeout_ms IS NULL THEN $3::bigint + $4::bigint
-          ELSE least($3::bigint + $4::bigint, $3::bigint + c.timeout_ms + $5::bigint) END
-      FROM c
-      WHERE t.id = c.id AND t.state = 'queued'
+        started_at = $3::bigint, slots_held = u.held,
+        timeout_ms = coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint),
+        lease_expires_at = CASE WHEN coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint) IS NULL
+          THEN $3::bigint + $4::bigint
+          ELSE least($3::bigint + $4::bigint, $3::bigint + coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint) + $5::bigint) END
+      FROM unnest($1::tid[], $2::integer[]) AS u(tid, held)
+      WHERE t.ctid = u.tid AND t.ctid = ANY($1::tid[])
       RETURNING ${list(CLAIM_COLUMNS, 't')}`,
 
     /**

@@ -46,6 +46,8 @@ export class PostgresTx implements StoreTx {
   lostKeyRace = false;
   /** Per namespace, the slot keys getSlots returned (and locked) in this transaction. */
   private readonly slotKeys = new Map<string, string[]>();
+  /** Row addresses of the claim candidates this transaction holds locked, by id. */
+  private readonly candidateTids = new Map<string, string>();
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
   private readonly notices: string[] = [];
 
@@ -172,7 +174,7 @@ export class PostgresTx implements StoreTx {
   }
 
   async claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]> {
-    return this.rows(this.ctx.q.claimCandidates, [
+    const rows = await this.rows<ClaimCandidate & { ctid?: string }>(this.ctx.q.claimCandidates, [
       q.namespace,
       q.type,
       q.now,
@@ -180,12 +182,28 @@ export class PostgresTx implements StoreTx {
       this.slotKeys.get(q.namespace) ?? null,
       q.excludeKeys,
     ]);
+    for (const r of rows) {
+      this.candidateTids.set(r.id, r.ctid!);
+      delete r.ctid;
+    }
+    return rows;
   }
 
+  /**
+   * Claims candidates this transaction holds, found by their physical row address (ctid):
+   * their locks keep it from changing. A join by id would be planned from the statistics,
+   * which lag behind a queue that just grew, and could scan every queued task per claim.
+   */
   async claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]> {
     if (!q.ids.length) return [];
+    const tids = q.ids.map((id) => {
+      const tid = this.candidateTids.get(id);
+      if (tid === undefined)
+        throw new Error(`claimByIds: task ${id} was not a candidate of this transaction`);
+      return tid;
+    });
     return this.rows(this.ctx.q.claimByIds, [
-      q.ids,
+      tids,
       q.ids.map((id) => q.slotsHeld[id] ?? 0),
       q.now,
       q.leaseMs,
