@@ -274,6 +274,10 @@ export class Worker {
 
   private async flush(): Promise<void> {
     if (this.flushing) await this.flushing;
+    // A short claim in flight (a slot freed by a suspended handler): let it land, so these
+    // outcomes carry the next claim and the worker keeps one round trip per batch instead of
+    // splitting into two batches that alternate.
+    if (this.claiming && !this.longPoll && !this.stopped) await this.claiming;
     this.flushScheduled = false;
     const completions = this.completions;
     const failures = this.failures;
