@@ -1,9 +1,12 @@
 /**
- * `npm run bench [-- --json] [-- --only flat,fanout] [-- --database PATH|URL]`
+ * `npm run bench [-- --json] [-- --only flat,fanout] [-- --database PATH|URL] [-- --http]`
  *
  * Runs each workload in a fresh child process on a fresh database: a new SQLite file, or,
  * given a postgres:// URL, a new schema on that server (dropped afterwards). Prints a table,
  * or one JSON object per line with --json.
+ *
+ * With --http, each run starts a dynatask server process on that database, and the workload's
+ * process is one remote worker (and submitter) talking to it over HTTP (mode `http/<store>`).
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -13,6 +16,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import pg from 'pg';
 import { open } from '../src/index.js';
+import { buildServer } from '../src/server/server.js';
 import { isPostgresUrl } from '../src/store/open.js';
 import { parsePostgresUrl } from '../src/store/postgres/postgres-store.js';
 import { type Figures, WORKLOADS } from './workloads.js';
@@ -35,7 +39,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-async function child(name: string, database: string) {
+async function child(name: string, database: string, serverStore?: string) {
   const w = WORKLOADS[name]!;
   const dt = await open({ database });
   let peak = process.memoryUsage().rss;
@@ -49,7 +53,7 @@ async function child(name: string, database: string) {
   const lat = [...f.latencies].sort((a, b) => a - b);
   const row: Row = {
     workload: name,
-    mode: `in-process/${dt.store.kind}`,
+    mode: serverStore ? `http/${serverStore}` : `in-process/${dt.store.kind}`,
     tasks: f.tasks,
     seconds: +f.seconds.toFixed(3),
     tasks_per_s: Math.round(f.tasks / f.seconds),
@@ -71,8 +75,15 @@ async function main() {
       'a SQLite file, or a postgres:// URL: each run gets a fresh schema there (default: a fresh temp SQLite file per run)',
     )
     .option('--runs <n>', 'runs per workload; the median by seconds is reported', '1')
+    .option('--http', 'through a dynatask server process: the workload runs as one remote worker')
     .parse();
-  const opts = program.opts<{ json?: boolean; only?: string; database?: string; runs: string }>();
+  const opts = program.opts<{
+    json?: boolean;
+    only?: string;
+    database?: string;
+    runs: string;
+    http?: boolean;
+  }>();
   const database = opts.database ?? process.env.DYNATASK_DATABASE_URL;
   const names = opts.only ? opts.only.split(',') : Object.keys(WORKLOADS);
   for (const n of names) if (!WORKLOADS[n]) throw new Error(`unknown workload ${n}`);
@@ -82,7 +93,7 @@ async function main() {
     );
   for (const name of names) {
     const runs: Row[] = [];
-    for (let i = 0; i < Number(opts.runs); i++) runs.push(await runOnce(name, database));
+    for (let i = 0; i < Number(opts.runs); i++) runs.push(await runOnce(name, database, opts.http ?? false));
     runs.sort((a, b) => a.seconds - b.seconds);
     const row = runs[Math.floor(runs.length / 2)]!;
     if (opts.json) console.log(JSON.stringify(row));
@@ -98,7 +109,8 @@ async function main() {
 }
 
 /** One run of a workload on a fresh database, measured, then deleted. */
-async function runOnce(name: string, database: string | undefined): Promise<Row> {
+async function runOnce(name: string, database: string | undefined, http: boolean): Promise<Row> {
+  const run = (db: string) => (http ? runViaServer(name, db) : runChild(name, db));
   if (database && isPostgresUrl(database)) {
     const server = parsePostgresUrl(database).url;
     const schema = `bench_${randomBytes(6).toString('hex')}`;
@@ -106,7 +118,7 @@ async function runOnce(name: string, database: string | undefined): Promise<Row>
     const client = new pg.Client({ connectionString: server });
     await client.connect();
     try {
-      const row = await runChild(name, url);
+      const row = await run(url);
       const { rows } = await client.query<{ bytes: string | null }>(
         `SELECT sum(pg_total_relation_size(c.oid)) AS bytes
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -119,11 +131,11 @@ async function runOnce(name: string, database: string | undefined): Promise<Row>
       await client.end();
     }
   }
-  if (database) return runChild(name, database);
+  if (database) return run(database);
   const dir = mkdtempSync(join(tmpdir(), 'dynatask-bench-'));
   try {
     const file = join(dir, 'bench.db');
-    const row = await runChild(name, file);
+    const row = await run(file);
     const bytes = [file, `${file}-wal`].reduce((n, f) => n + (existsSync(f) ? statSync(f).size : 0), 0);
     return withSize(row, bytes);
   } finally {
@@ -135,11 +147,15 @@ function withSize(row: Row, bytes: number): Row {
   return { ...row, db_mb_per_m_tasks: Math.round((bytes / 1024 / 1024) * (1_000_000 / row.tasks)) };
 }
 
-function runChild(name: string, database: string): Promise<Row> {
+function runChild(name: string, database: string, serverStore?: string): Promise<Row> {
   return new Promise((resolve, reject) => {
-    const p = fork(new URL(import.meta.url), ['--child', name, database], {
-      execArgv: ['--expose-gc', '--import', 'tsx'],
-    });
+    const p = fork(
+      new URL(import.meta.url),
+      ['--child', name, database, ...(serverStore ? [serverStore] : [])],
+      {
+        execArgv: ['--expose-gc', '--import', 'tsx'],
+      },
+    );
     let row: Row | undefined;
     p.on('message', (m) => {
       row = m as Row;
@@ -148,5 +164,34 @@ function runChild(name: string, database: string): Promise<Row> {
   });
 }
 
-if (process.argv[2] === '--child') await child(process.argv[3]!, process.argv[4]!);
+/** Starts a server process on `database`, runs the workload's process against it, stops the server. */
+async function runViaServer(name: string, database: string): Promise<Row> {
+  const server = fork(new URL(import.meta.url), ['--server', database], { execArgv: ['--import', 'tsx'] });
+  const exited = new Promise<number | null>((r) => server.once('exit', r));
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      server.once('message', (m) => resolve((m as { url: string }).url));
+      server.once('exit', (code) => reject(new Error(`bench server exited ${code}`)));
+    });
+    return await runChild(name, url, isPostgresUrl(database) ? 'postgres' : 'sqlite');
+  } finally {
+    server.send({ type: 'stop' });
+    await exited;
+  }
+}
+
+/** The server process of --http: serves `database` on a free port until told to stop. */
+async function serve(database: string) {
+  const dt = await open({ database });
+  const server = await buildServer({ dt });
+  process.send!({ url: await server.listen({ port: 0 }) });
+  process.on('message', async () => {
+    await server.close();
+    await dt.close();
+    process.exit(0);
+  });
+}
+
+if (process.argv[2] === '--child') await child(process.argv[3]!, process.argv[4]!, process.argv[5]);
+else if (process.argv[2] === '--server') await serve(process.argv[3]!);
 else await main();
