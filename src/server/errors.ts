@@ -18,7 +18,6 @@ export type ErrorCode =
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'unavailable'
-  | 'not_implemented'
   | 'internal';
 
 /** An error the routes throw to answer with a given status and code. */

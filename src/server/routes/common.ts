@@ -35,7 +35,6 @@ const DESCRIPTIONS: Record<number, string> = {
   409: 'stale_attempt: the token no longer holds the task; or conflict',
   413: 'payload_too_large: the body is over the limit',
   415: 'unsupported_media_type: the body is not JSON',
-  501: 'not_implemented',
   503: 'unavailable: shutting down, or the database is unreachable',
 };
 

@@ -1,9 +1,8 @@
 /** Jobs and tasks: submit, read, page through a tree, cancel and retry (operators and viewers). */
 import { DEFAULTS } from '../../engine/engine.js';
-import { ConflictError, NotFoundError } from '../../engine/errors.js';
+import { NotFoundError } from '../../engine/errors.js';
 import type { SubmitOptions } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';
-import { HttpError } from '../errors.js';
 import {
   CancelBody,
   CancelReply,
@@ -49,14 +48,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
         payload: j.payload,
         options: { ...(j.options as SubmitOptions | undefined) },
       }));
-      const created = (await engine.submit(specs)) as Array<{
-        jobId: string;
-        rootTaskId: string;
-        created?: boolean;
-      }>;
-      return {
-        jobs: created.map((c) => ({ jobId: c.jobId, rootTaskId: c.rootTaskId, created: c.created ?? true })),
-      };
+      return { jobs: await engine.submit(specs) };
     },
   );
 
@@ -182,23 +174,15 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
       config: { access: 'operator' },
       schema: {
         tags: ['tasks'],
-        summary: 'Queue a failed task again for a new attempt; 409 if it has not failed',
+        summary:
+          'Queue a failed task again (fresh attempts), reopening the ancestors and job its failure settled; 409 if it has not failed',
         params: TaskParams,
         body: EmptyBody,
-        response: { 200: RetryReply, ...errors(400, 401, 403, 404, 409, 413, 415, 501) },
+        response: { 200: RetryReply, ...errors(400, 401, 403, 404, 409, 413, 415) },
       },
     },
     async (req) => {
-      // engine.retryTask is being added; until it lands the route answers 501.
-      const retry = (engine as { retryTask?: (id: string) => Promise<unknown> }).retryTask?.bind(engine);
-      if (!retry)
-        throw new HttpError(
-          501,
-          'not_implemented',
-          'retrying a task needs engine.retryTask, which this build lacks',
-        );
-      const r = await retry(req.params.taskId);
-      if (r === false) throw new ConflictError(`task ${req.params.taskId} has not failed`);
+      await engine.retryTask(req.params.taskId);
       return { retried: true };
     },
   );
