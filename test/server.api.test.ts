@@ -471,3 +471,71 @@ describe('HTTP API auth', () => {
     expect((await s.call('POST', `/v1/jobs/${job.jobId}/cancel`, {}, a)).body).toEqual({ cancelled: true });
   });
 });
+
+describe('HTTP server operations', () => {
+  it('runs the lease sweeper: a remote worker that stops heartbeating loses its task to another', async () => {
+    const s = await startServer({ leaseMs: 200 });
+    try {
+      await submit(s, 'abandoned', null, { backoffMs: 0 });
+      const first = await claimOne(s, 'abandoned', { leaseMs: 100 });
+      // No heartbeat: the sweeper fails the attempt, which wakes this long poll with the retry.
+      const r = await s.call('POST', '/v1/worker/claim', {
+        types: ['abandoned'],
+        limit: 1,
+        waitMs: 20_000,
+        leaseMs: 60_000,
+      });
+      expect(r.body.tasks).toMatchObject([{ id: first.id, attempt: 2 }]);
+      const stale = await s.call('POST', '/v1/worker/report', {
+        completed: [{ id: first.id, token: first.token }],
+      });
+      expect(stale.body.completed).toEqual(['stale']);
+      const task = (await s.call('GET', `/v1/tasks/${first.id}`)).body;
+      expect(task.attempts).toMatchObject([{ attempt: 1, error: { name: 'LeaseExpired' } }]);
+      expect((await s.call('GET', '/metrics')).body).toContain('dynatask_lease_expiries_total 1');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a client that hangs up ends its long poll', async () => {
+    const s = await startServer();
+    try {
+      const gone = new AbortController();
+      const poll = fetch(`${s.url}/v1/worker/claim`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ types: ['never'], limit: 1, waitMs: 30_000 }),
+        signal: gone.signal,
+      }).catch((e: Error) => e.name);
+      const parked = (n: number) => async () =>
+        new RegExp(`dynatask_claim_long_polls ${n}\\b`).test((await s.call('GET', '/metrics')).body);
+      while (!(await parked(1)())) {}
+      gone.abort();
+      expect(await poll).toBe('AbortError');
+      while (!(await parked(0)())) {}
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('close() answers parked long polls empty; /readyz is 503 when the store does not answer', async () => {
+    const s = await startServer();
+    const poll = s.call('POST', '/v1/worker/claim', { types: ['never'], limit: 1, waitMs: 30_000 });
+    while (!/dynatask_claim_long_polls 1\b/.test((await s.call('GET', '/metrics')).body)) {}
+    const closing = s.server.close();
+    expect((await poll).body).toEqual({ tasks: [] });
+    await closing;
+    await s.close();
+
+    const t = await startServer();
+    try {
+      await t.dt.store.close();
+      const r = await t.call('GET', '/readyz');
+      expect(r.status).toBe(503);
+      expect(r.body.error.code).toBe('unavailable');
+    } finally {
+      await t.server.close();
+    }
+  });
+});
