@@ -6,22 +6,14 @@
 import type { DynataskEvent } from '../engine/types.js';
 import type { Transport } from './transport.js';
 
-export interface EventStreamOptions {
-  /** Called once the stream is open (each time, after a reconnection too). */
-  onOpen?: () => void;
-  /** Called when the server has no such stream (404): the caller falls back to polling. */
-  onUnavailable?: () => void;
-}
-
 /**
  * Reads an SSE stream of `path` into `listener` until the returned function is called.
- * Reconnects after errors, unless the server answers that the stream does not exist.
+ * Reconnects after errors, unless the server answers that the stream does not exist (404).
  */
 export function streamEvents(
   transport: Transport,
   path: string,
   listener: (e: DynataskEvent) => void,
-  opts: EventStreamOptions = {},
 ): () => void {
   const abort = new AbortController();
   void (async () => {
@@ -38,7 +30,6 @@ export function streamEvents(
         });
         if (res.statusCode === 404 || res.statusCode === 405) {
           await res.body.dump();
-          opts.onUnavailable?.();
           return;
         }
         if (res.statusCode !== 200) {
@@ -46,7 +37,6 @@ export function streamEvents(
           throw new Error(`event stream ${path}: HTTP ${res.statusCode}`);
         }
         failures = 0;
-        opts.onOpen?.();
         let buffer = '';
         let data: string[] = [];
         res.body.setEncoding('utf8');

@@ -358,36 +358,15 @@ export class HttpPort implements DynataskPort {
   }
 
   /**
-   * Polls the job, and listens to its event stream meanwhile so it returns as soon as the
-   * job settles; the poll covers what the stream misses (a reconnection, another server).
+   * Polls the job, from every 20 ms up to every `pollMs`. Not the job's event stream: while
+   * one is open the server builds and sends every event of every transaction of the job,
+   * which costs a large job more than the polls do.
    */
   async waitForJob(jobId: string, pollMs: number): Promise<JobInfo> {
-    let wake: (() => void) | undefined;
-    let streamOpen!: () => void;
-    const opened = new Promise<void>((r) => (streamOpen = r));
-    const stop = streamEvents(
-      this.transport,
-      `/v1/jobs/${encodeURIComponent(jobId)}/events`,
-      (e) => {
-        if (e.kind === 'job' && e.state !== 'running') wake?.();
-      },
-      { onOpen: streamOpen, onUnavailable: streamOpen },
-    );
-    this.streams.add(stop);
-    try {
-      // Read the job only once the stream listens: a settlement in between is not missed.
-      await Promise.race([opened, new Promise((r) => setTimeout(r, pollMs))]);
-      for (;;) {
-        const woken = new Promise<void>((r) => (wake = r));
-        const job = await this.getJob(jobId);
-        if (job.state !== 'running') return job;
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([woken, new Promise<void>((r) => (timer = setTimeout(r, pollMs)))]);
-        clearTimeout(timer);
-      }
-    } finally {
-      stop();
-      this.streams.delete(stop);
+    for (let delay = Math.min(20, pollMs); ; delay = Math.min(pollMs, delay * 1.5)) {
+      const job = await this.getJob(jobId);
+      if (job.state !== 'running') return job;
+      await new Promise((r) => setTimeout(r, delay));
     }
   }
 
