@@ -32,3 +32,25 @@ it('every route of the API is in the document, each with its error answers', asy
     if (path.startsWith('/v1/')) expect(op.responses['401'], `${m} ${path}`).toBeDefined();
   }
 });
+
+it('names its schemas for SDK generators: every route has an operationId, every $ref resolves', () => {
+  const doc = JSON.parse(readFileSync(new URL('../openapi.json', import.meta.url), 'utf8'));
+  const ids = Object.values(doc.paths as Record<string, Record<string, { operationId?: string }>>).flatMap(
+    (m) => Object.values(m).map((op) => op.operationId),
+  );
+  expect(ids.filter((id) => !id)).toEqual([]);
+  expect(new Set(ids).size).toBe(ids.length);
+  const refs = new Set<string>();
+  const walk = (n: unknown) => {
+    if (Array.isArray(n)) n.forEach(walk);
+    else if (n && typeof n === 'object')
+      for (const [k, v] of Object.entries(n)) k === '$ref' ? refs.add(v as string) : walk(v);
+  };
+  walk(doc);
+  for (const ref of refs) {
+    expect(ref).toMatch(/^#\/components\/schemas\//);
+    expect(doc.components.schemas[ref.split('/').pop()!], ref).toBeDefined();
+  }
+  for (const name of ['TaskInfo', 'JobInfo', 'ClaimedTask', 'ReportRequest', 'SpawnOptions', 'Error'])
+    expect(doc.components.schemas[name], name).toBeDefined();
+});

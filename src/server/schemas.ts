@@ -28,18 +28,11 @@ export const Namespace = Text({ minLength: 1, maxLength: 200, description: "Defa
 /** Any JSON value (payloads, results, progress, step values). */
 export const AnyJson = Type.Unknown({ description: 'Any JSON value' });
 
-export const TaskState = Type.Enum([
-  'blocked',
-  'queued',
-  'running',
-  'waiting',
-  'completing',
-  'succeeded',
-  'failed',
-  'cancelled',
-  'skipped',
-]);
-export const JobState = Type.Enum(['running', 'succeeded', 'failed', 'cancelled']);
+export const TaskState = Type.Enum(
+  ['blocked', 'queued', 'running', 'waiting', 'completing', 'succeeded', 'failed', 'cancelled', 'skipped'],
+  { title: 'TaskState' },
+);
+export const JobState = Type.Enum(['running', 'succeeded', 'failed', 'cancelled'], { title: 'JobState' });
 
 /** A task error as stored: plain data. */
 export const TaskErrorSchema = Type.Object(
@@ -97,7 +90,7 @@ export const SubmitOptions = Type.Object(
     namespace: Type.Optional(Namespace),
     jobId: Type.Optional({ ...Id, description: 'A UUID chosen by the client: resubmitting returns the job' }),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'SubmitOptions' },
 );
 
 export const SpawnOptions = Type.Object(
@@ -119,7 +112,7 @@ export const SpawnOptions = Type.Object(
     runRegardless: Type.Optional(Type.Boolean()),
     ignoreFailure: Type.Optional(Type.Boolean()),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'SpawnOptions' },
 );
 
 // ---------------------------------------------------------------- jobs and tasks
@@ -134,13 +127,18 @@ export const SubmitBody = Type.Object(
       { minItems: 1, maxItems: 1000 },
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'SubmitRequest' },
 );
 export type SubmitBody = Static<typeof SubmitBody>;
 
-export const SubmitReply = Type.Object({
-  jobs: Type.Array(Type.Object({ jobId: Type.String(), rootTaskId: Type.String(), created: Type.Boolean() })),
-});
+export const SubmitReply = Type.Object(
+  {
+    jobs: Type.Array(
+      Type.Object({ jobId: Type.String(), rootTaskId: Type.String(), created: Type.Boolean() }),
+    ),
+  },
+  { title: 'SubmitResult' },
+);
 
 const Counts = Type.Object(
   Object.fromEntries(
@@ -180,12 +178,15 @@ export const JobInfo = Type.Object(
   { title: 'JobInfo' },
 );
 
-export const AttemptRecord = Type.Object({
-  attempt: Type.Integer(),
-  startedAt: Type.Integer(),
-  finishedAt: Type.Integer(),
-  error: TaskErrorSchema,
-});
+export const AttemptRecord = Type.Object(
+  {
+    attempt: Type.Integer(),
+    startedAt: Type.Integer(),
+    finishedAt: Type.Integer(),
+    error: TaskErrorSchema,
+  },
+  { title: 'AttemptRecord' },
+);
 
 export const TaskInfo = Type.Object(
   {
@@ -226,7 +227,10 @@ export const ListJobsQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-export const ListJobsReply = Type.Object({ jobs: Type.Array(JobSummary), next: Nullable(Type.String()) });
+export const ListJobsReply = Type.Object(
+  { jobs: Type.Array(JobSummary), next: Nullable(Type.String()) },
+  { title: 'JobPage' },
+);
 
 export const TreeQuery = Type.Object(
   {
@@ -235,25 +239,31 @@ export const TreeQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-export const TreeReply = Type.Object({ tasks: Type.Array(TaskInfo), next: Nullable(Type.String()) });
+export const TreeReply = Type.Object(
+  { tasks: Type.Array(TaskInfo), next: Nullable(Type.String()) },
+  { title: 'TaskPage' },
+);
 
 export const JobParams = Type.Object({ jobId: Id });
 export const TaskParams = Type.Object({ taskId: Id });
 export const CancelBody = Type.Object(
   { reason: Type.Optional(Text({ maxLength: 10_000 })) },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'CancelRequest' },
 );
-export const CancelReply = Type.Object({ cancelled: Type.Boolean() });
-export const RetryReply = Type.Object({ retried: Type.Boolean() });
+export const CancelReply = Type.Object({ cancelled: Type.Boolean() }, { title: 'CancelResult' });
+export const RetryReply = Type.Object({ retried: Type.Boolean() }, { title: 'RetryResult' });
 export const EmptyBody = Type.Object({}, { additionalProperties: false });
 
 export const TypesQuery = Type.Object(
   { namespace: Type.Optional(Namespace) },
   { additionalProperties: false },
 );
-export const TypesReply = Type.Object({
-  types: Type.Array(Type.Object({ type: Type.String(), queued: Type.Integer(), served: Type.Boolean() })),
-});
+export const TypesReply = Type.Object(
+  {
+    types: Type.Array(Type.Object({ type: Type.String(), queued: Type.Integer(), served: Type.Boolean() })),
+  },
+  { title: 'TypeList' },
+);
 
 // ---------------------------------------------------------------- worker protocol
 
@@ -286,7 +296,7 @@ export const ClaimBody = Type.Object(
       Type.Integer({ minimum: 0, maximum: 30_000, description: 'Long-poll this long when none is ready' }),
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'ClaimRequest' },
 );
 export type ClaimBody = Static<typeof ClaimBody>;
 
@@ -308,7 +318,7 @@ export const ClaimedTask = Type.Object(
   },
   { title: 'ClaimedTask' },
 );
-export const ClaimReply = Type.Object({ tasks: Type.Array(ClaimedTask) });
+export const ClaimReply = Type.Object({ tasks: Type.Array(ClaimedTask) }, { title: 'ClaimResult' });
 
 const Status = Type.Enum(['ok', 'stale']);
 
@@ -341,25 +351,31 @@ export const ReportBody = Type.Object(
     ),
     claim: Type.Optional(Type.Object(ClaimFields, { additionalProperties: false })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'ReportRequest' },
 );
 export type ReportBody = Static<typeof ReportBody>;
-export const ReportReply = Type.Object({
-  completed: Type.Array(Status),
-  failed: Type.Array(Status),
-  tasks: Type.Array(ClaimedTask),
-});
+export const ReportReply = Type.Object(
+  {
+    completed: Type.Array(Status),
+    failed: Type.Array(Status),
+    tasks: Type.Array(ClaimedTask),
+  },
+  { title: 'ReportResult' },
+);
 
 export const HeartbeatBody = Type.Object(
   {
     items: Type.Array(Type.Object(Ref, { additionalProperties: false }), { minItems: 1, maxItems: 10_000 }),
     leaseMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'HeartbeatRequest' },
 );
-export const HeartbeatReply = Type.Object({
-  items: Type.Array(Type.Enum(['ok', 'cancelled', 'lost'])),
-});
+export const HeartbeatReply = Type.Object(
+  {
+    items: Type.Array(Type.Enum(['ok', 'cancelled', 'lost'])),
+  },
+  { title: 'HeartbeatResult' },
+);
 
 /** A per-item failure inside a batched answer. */
 const ItemError = Type.Object({
@@ -380,7 +396,7 @@ export const WaitBody = Type.Object(
       { minItems: 1, maxItems: 1000 },
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'WaitRequest' },
 );
 export type WaitBody = Static<typeof WaitBody>;
 
@@ -393,15 +409,18 @@ export const Outcome = Type.Object(
   },
   { title: 'Outcome' },
 );
-export const WaitReply = Type.Object({
-  items: Type.Array(
-    Type.Union([
-      Type.Object({ suspended: Type.Literal(true) }),
-      Type.Object({ suspended: Type.Literal(false), outcomes: Type.Array(Outcome) }),
-      ItemError,
-    ]),
-  ),
-});
+export const WaitReply = Type.Object(
+  {
+    items: Type.Array(
+      Type.Union([
+        Type.Object({ suspended: Type.Literal(true) }),
+        Type.Object({ suspended: Type.Literal(false), outcomes: Type.Array(Outcome) }),
+        ItemError,
+      ]),
+    ),
+  },
+  { title: 'WaitResult' },
+);
 
 export const SpawnBody = Type.Object(
   {
@@ -422,7 +441,7 @@ export const SpawnBody = Type.Object(
       { minItems: 1, maxItems: 1000 },
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'SpawnRequest' },
 );
 export type SpawnBody = Static<typeof SpawnBody>;
 
@@ -436,19 +455,28 @@ export const TaskHandle = Type.Object(
   },
   { title: 'TaskHandle' },
 );
-export const SpawnReply = Type.Object({
-  items: Type.Array(Type.Union([Type.Object({ children: Type.Array(TaskHandle) }), ItemError])),
-});
+export const SpawnReply = Type.Object(
+  {
+    items: Type.Array(Type.Union([Type.Object({ children: Type.Array(TaskHandle) }), ItemError])),
+  },
+  { title: 'SpawnResult' },
+);
 
-export const ProgressBody = Type.Object({ ...Ref, progress: AnyJson }, { additionalProperties: false });
+export const ProgressBody = Type.Object(
+  { ...Ref, progress: AnyJson },
+  { additionalProperties: false, title: 'ProgressRequest' },
+);
 export const StepGetBody = Type.Object(
   { ...Ref, name: Text({ minLength: 1, maxLength: 1000 }) },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'StepGetRequest' },
 );
-export const StepGetReply = Type.Object({ found: Type.Boolean(), value: Type.Optional(AnyJson) });
+export const StepGetReply = Type.Object(
+  { found: Type.Boolean(), value: Type.Optional(AnyJson) },
+  { title: 'StepValue' },
+);
 export const StepPutBody = Type.Object(
   { ...Ref, name: Text({ minLength: 1, maxLength: 1000 }), value: Type.Optional(AnyJson) },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'StepPutRequest' },
 );
 export const OkReply = Type.Object({});
 
@@ -470,10 +498,10 @@ export const TypeConfigBody = Type.Object(
       { minItems: 1, maxItems: 1000 },
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'TypeSettingsRequest' },
 );
 export type TypeConfigBody = Static<typeof TypeConfigBody>;
 
 // ---------------------------------------------------------------- events and operations
 
-export const HealthReply = Type.Object({ status: Type.String() });
+export const HealthReply = Type.Object({ status: Type.String() }, { title: 'Health' });

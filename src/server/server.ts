@@ -10,6 +10,7 @@ import Fastify, { type FastifyReply, type FastifyServerOptions, LogController } 
 import type { Dynatask } from '../dynatask.js';
 import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
+import { hoistTitledSchemas } from './components.js';
 import { type ServerContext, TypeSettings } from './context.js';
 import { installErrorHandlers, toErrorReply } from './errors.js';
 import { Metrics } from './metrics.js';
@@ -126,7 +127,11 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   installErrorHandlers(app);
 
-  await app.register(swagger, { openapi: OPENAPI });
+  await app.register(swagger, {
+    openapi: OPENAPI,
+    // Named types for SDK generators (components.ts).
+    transformObject: (d) => ('openapiObject' in d ? hoistTitledSchemas(d.openapiObject) : d.swaggerObject),
+  });
 
   app.addHook('onRequest', async (req) => {
     if (req.is404) return;

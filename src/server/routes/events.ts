@@ -106,6 +106,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'streamEvents',
         tags,
         summary: "Every job's events (Server-Sent Events), as transitions commit through this server",
         response: { ...sseResponse, ...errors(401, 403) },
@@ -124,6 +125,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'streamJobEvents',
         tags,
         summary: "One job's events (Server-Sent Events); a settled job's stream starts with its job event",
         params: JobParams,

@@ -36,6 +36,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'submitJobs',
         tags,
         summary: 'Submit jobs (each a root task); idempotent by options.jobId',
         body: SubmitBody,
@@ -57,6 +58,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'listJobs',
         tags,
         summary: 'List jobs, newest first; page with `before` = the previous answer’s `next`',
         querystring: ListJobsQuery,
@@ -76,6 +78,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'getJob',
         tags,
         summary: 'A job with its result or error and its tasks counted by state',
         params: JobParams,
@@ -94,6 +97,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'listJobTasks',
         tags,
         summary: "A page of a job's tasks in creation order (each with its parentId, to build the tree)",
         params: JobParams,
@@ -116,6 +120,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'cancelJob',
         tags,
         summary: 'Cancel every unsettled task of a job; false if it had settled already',
         params: JobParams,
@@ -131,6 +136,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'getTask',
         tags: ['tasks'],
         summary: 'A task with its payload, result, error, timings and failed attempts',
         params: TaskParams,
@@ -158,6 +164,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'cancelTask',
         tags: ['tasks'],
         summary: 'Cancel a task and its unsettled subtree; false if it had settled already',
         params: TaskParams,
@@ -173,6 +180,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'retryTask',
         tags: ['tasks'],
         summary:
           'Queue a failed task again (fresh attempts), reopening the ancestors and job its failure settled; 409 if it has not failed',
@@ -192,6 +200,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'listTypes',
         tags: ['tasks'],
         summary: 'Queued tasks by type, and whether a live worker serves each type',
         querystring: TypesQuery,

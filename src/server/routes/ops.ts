@@ -11,7 +11,13 @@ export function opsRoutes(app: Typed, ctx: ServerContext): void {
     '/healthz',
     {
       config: { access: 'none' },
-      schema: { tags, summary: 'The process is up', security: [], response: { 200: HealthReply } },
+      schema: {
+        operationId: 'health',
+        tags,
+        summary: 'The process is up',
+        security: [],
+        response: { 200: HealthReply },
+      },
     },
     async () => ({ status: 'ok' }),
   );
@@ -21,6 +27,7 @@ export function opsRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'none' },
       schema: {
+        operationId: 'ready',
         tags,
         summary: 'The store answers; 503 while draining or when it does not',
         security: [],
@@ -44,6 +51,7 @@ export function opsRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: { access: 'read' },
       schema: {
+        operationId: 'metrics',
         tags,
         summary: 'Prometheus metrics (text exposition format)',
         response: {

@@ -64,6 +64,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'claim',
         tags,
         summary: 'Claim up to `limit` ready tasks of `types`; long-polls up to `waitMs` when none is ready',
         body: ClaimBody,
@@ -108,6 +109,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'report',
         tags,
         summary: "A worker's round trip in one transaction: completions, failures, then the next claim",
         body: ReportBody,
@@ -152,6 +154,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'heartbeat',
         tags,
         summary: 'Renew the leases of running attempts: ok, cancelled (abort the handler) or lost',
         body: HeartbeatBody,
@@ -166,6 +169,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'wait',
         tags,
         summary: "Durable waits: each item's children outcomes, or suspended (the task left running)",
         body: WaitBody,
@@ -200,6 +204,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'spawn',
         tags,
         summary: "Spawn children of running tasks; idempotent by each child's options.key",
         body: SpawnBody,
@@ -235,6 +240,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'progress',
         tags,
         summary: "Record a running task's progress (any JSON); subscribers see a progress event",
         body: ProgressBody,
@@ -252,6 +258,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'getStep',
         tags,
         summary: "A memoised step's value, if the task stored one",
         body: StepGetBody,
@@ -278,6 +285,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'putStep',
         tags,
         summary: "Store a step's value (memoised across the task's re-runs)",
         body: StepPutBody,
@@ -295,6 +303,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     {
       config: worker,
       schema: {
+        operationId: 'configureTypes',
         tags,
         summary:
           'Store per-type settings (retries, timeout, concurrency) shared by every worker of the namespace',
