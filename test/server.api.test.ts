@@ -4,6 +4,7 @@
  * complete, fail and spawn, long polls woken by a submission, and event streams.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseTokens } from '../src/server/auth.js';
 import { fanOutHandlers, type Loose, runWorker, startServer, type TestServer } from './fixtures/http.js';
 
 const UNKNOWN = '0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f';
@@ -428,6 +429,18 @@ describe('HTTP API errors', () => {
 });
 
 describe('HTTP API auth', () => {
+  it('parses name:scopes:secret lists and refuses bad ones', () => {
+    expect(
+      parseTokens('ci:operator+viewer:0123456789abcdef, w:worker:s3cret:with:colons!!\n# comment\n'),
+    ).toEqual([
+      { name: 'ci', scopes: ['operator', 'viewer'], secret: '0123456789abcdef' },
+      { name: 'w', scopes: ['worker'], secret: 's3cret:with:colons!!' },
+    ]);
+    expect(() => parseTokens('x:root:0123456789abcdef')).toThrow(/unknown scope "root"/);
+    expect(() => parseTokens('x:worker')).toThrow(/name:scopes:secret/);
+    expect(() => parseTokens('x:worker:short')).toThrow(/16 characters/);
+  });
+
   let s: TestServer;
   const secret = (n: string) => `${n}-secret-0123456789`;
   beforeAll(async () => {

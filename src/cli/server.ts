@@ -57,7 +57,12 @@ async function serve(opts: ServerCliOptions): Promise<number> {
     ...(process.env.DYNATASK_TOKENS ? tokensOf(process.env.DYNATASK_TOKENS, '$DYNATASK_TOKENS') : []),
     ...opts.token.flatMap((t) => tokensOf(t, '--token')),
   ];
-  const dt = await openDatabase(databaseOf(opts), {
+  const database = databaseOf(opts);
+  if (/^https?:\/\//i.test(database))
+    throw new UserError(
+      `the server needs a database, not another server: give --database a SQLite path or a postgres:// URL (got ${database})`,
+    );
+  const dt = await openDatabase(database, {
     create: true,
     ...(opts.leaseMs !== undefined ? { leaseMs: opts.leaseMs } : {}),
   });
