@@ -246,6 +246,42 @@ describe('remote specifics', () => {
     expect((await dt.getTask(a!.rootTaskId)).payload).toBe(1);
   });
 
+  it('splits spawns and reports that exceed the server limits; a result it cannot take fails its task', async () => {
+    const s = await server();
+    const dt = await open({ database: s.url });
+    cleanups.push(() => dt.close());
+    const pad = 'x'.repeat(150);
+    dt.handle('many', async (ctx) => {
+      // 6,000 children of about 200 bytes: more than one request may carry (5,000; 512 KiB).
+      const kids = await ctx.spawnMany(
+        Array.from({ length: 6000 }, (_, n) => ({ type: 'echo', payload: { n, pad } })),
+      );
+      const out = await ctx.waitAll<{ n: number }>(kids);
+      return out.reduce((a, r) => a + r.n, 0);
+    });
+    dt.handle('echo', async (_ctx, p) => p);
+    dt.handle('big', async (_ctx, kb) => 'y'.repeat((kb as number) * 1024));
+    dt.handle('bigint', async () => 10n);
+    await dt.start();
+    const many = await dt.submit('many', null);
+    expect(await within(many.result(), 60_000, 'the big fan-out')).toBe((5999 * 6000) / 2);
+    // Two results of 600 KiB finishing together: one request each.
+    const two = await dt.submitMany([
+      { type: 'big', payload: 600 },
+      { type: 'big', payload: 600 },
+    ]);
+    for (const j of two) expect(((await j.result()) as string).length).toBe(600 * 1024);
+    const huge = await dt.submit('big', 2048);
+    await expect(huge.result()).rejects.toThrow(/larger than the server accepts/);
+    expect((await dt.getTask(huge.rootTaskId)).error).toMatchObject({
+      name: 'ResultTooLarge',
+      retryable: false,
+    });
+    const bigint = await dt.submit('bigint', null);
+    await expect(bigint.result()).rejects.toThrow(/not JSON-serialisable/);
+    expect((await dt.getTask(bigint.rootTaskId)).attempt).toBe(1);
+  });
+
   it('reports which types a remote worker serves, and refuses what only in-process can do', async () => {
     const s = await server();
     const dt = await open({ database: s.url });

@@ -33,7 +33,7 @@ import type {
   TaskInfo,
 } from '../engine/types.js';
 import { streamEvents } from './events.js';
-import { errorFrom, Transport, type TransportOptions } from './transport.js';
+import { errorFrom, PayloadTooLargeError, Transport, type TransportOptions } from './transport.js';
 
 /** A claimed task as the server sends it. */
 interface WireTask {
@@ -50,6 +50,26 @@ interface WireTask {
 type ItemError = { error: { code: string; message: string } };
 
 const MAX_TEXT = 100_000;
+/** Children per spawn request, and their bytes: within the server's limits (10,000; 1 MiB). */
+const SPAWN_CHILDREN = 5000;
+const SPAWN_BYTES = 512 * 1024;
+/** Children named per wait request (about 40 bytes each). */
+const WAIT_IDS = 20_000;
+/** Bytes of outcomes per report request: well within the server's default body limit (1 MiB). */
+const REPORT_BYTES = 512 * 1024;
+
+/** An outcome serialised for a report; `index` is its place among the caller's completions or failures. */
+interface ReportItem {
+  failed: boolean;
+  index: number;
+  json: string;
+}
+
+/** A completion that must be reported as a failure instead (its result cannot be sent). */
+function failure(index: number, ref: AttemptRef, name: string, why: string): ReportItem {
+  const error = { name, message: `result of task ${ref.id} ${why}`, retryable: false };
+  return { failed: true, index, json: JSON.stringify({ id: ref.id, token: ref.token, error }) };
+}
 
 function portTask(t: WireTask, now: number): PortTask {
   return {
@@ -139,55 +159,89 @@ export class HttpPort implements DynataskPort {
     failed: Array<AttemptRef & { error: TaskError }>,
     next?: ClaimQuery,
   ): Promise<ReportResult> {
-    // The body is composed here so each result is serialised once, and a result JSON cannot
-    // hold fails its own task (as in-process), never the whole batch.
-    const done: string[] = [];
-    const doneAt: number[] = [];
-    const bad: Array<AttemptRef & { error: TaskError }> = [];
+    // Items are serialised here, one by one: each result once, and a result JSON cannot hold
+    // fails its own task (as in-process), never the whole batch.
+    const items: ReportItem[] = [];
     completed.forEach((c, i) => {
       let json: string | undefined;
       try {
         json = JSON.stringify(c.result);
       } catch (e) {
-        bad.push({
-          id: c.id,
-          token: c.token,
-          error: {
-            name: 'InvalidResult',
-            message: `result of task ${c.id} is not JSON-serialisable: ${(e as Error).message}`,
-            retryable: false,
-          },
-        });
+        items.push(failure(-1, c, 'InvalidResult', `is not JSON-serialisable: ${(e as Error).message}`));
         return;
       }
-      done.push(
-        `{"id":${JSON.stringify(c.id)},"token":${c.token}${json === undefined ? '' : `,"result":${json}`}}`,
-      );
-      doneAt.push(i);
+      const result = json === undefined ? '' : `,"result":${json}`;
+      items.push({
+        failed: false,
+        index: i,
+        json: `{"id":${JSON.stringify(c.id)},"token":${c.token}${result}}`,
+      });
     });
-    const failing = bad.length ? failed.concat(bad) : failed;
-    let raw = `{"completed":[${done.join(',')}]`;
-    if (failing.length)
-      raw += `,"failed":${JSON.stringify(failing.map((f) => ({ id: f.id, token: f.token, error: wireError(f.error) })))}`;
+    failed.forEach((f, i) => {
+      items.push({
+        failed: true,
+        index: i,
+        json: JSON.stringify({ id: f.id, token: f.token, error: wireError(f.error) }),
+      });
+    });
+    const out: ReportResult = {
+      completed: completed.map(() => false),
+      failed: failed.map(() => false),
+      claimed: [],
+    };
+    // Within the server's limits (1000 items a list, its body limit): a big batch goes in several
+    // requests, the claim with the last. Each is a transaction of its own, as outcomes may be.
+    let chunk: ReportItem[] = [];
+    let bytes = 0;
+    for (const [k, item] of items.entries()) {
+      chunk.push(item);
+      bytes += item.json.length;
+      const last = k === items.length - 1;
+      const nextItem = items[k + 1];
+      if (last || chunk.length >= 1000 || bytes + (nextItem?.json.length ?? 0) > REPORT_BYTES) {
+        await this.reportChunk(chunk, last ? next : undefined, out, completed);
+        chunk = [];
+        bytes = 0;
+      }
+    }
+    if (!items.length && next) await this.reportChunk([], next, out, completed);
+    return out;
+  }
+
+  private async reportChunk(
+    chunk: ReportItem[],
+    next: ClaimQuery | undefined,
+    out: ReportResult,
+    completed: Array<AttemptRef & { result: unknown }>,
+  ): Promise<void> {
+    const done = chunk.filter((i) => !i.failed);
+    const failing = chunk.filter((i) => i.failed);
+    let raw = `{"completed":[${done.map((i) => i.json).join(',')}]`;
+    if (failing.length) raw += `,"failed":[${failing.map((i) => i.json).join(',')}]`;
     if (next)
       raw += `,"claim":${JSON.stringify({ ...next, limit: Math.min(next.limit, 1000), workerId: this.workerId })}`;
     raw += '}';
-    const r = await this.transport.call<{ completed: string[]; failed: string[]; tasks: WireTask[] }>(
-      'POST',
-      '/v1/worker/report',
-      undefined,
-      { raw },
-    );
-    const completedOk = completed.map(() => false);
-    doneAt.forEach((i, j) => {
-      completedOk[i] = r.completed[j] === 'ok';
+    let r: { completed: string[]; failed: string[]; tasks: WireTask[] };
+    try {
+      r = await this.transport.call('POST', '/v1/worker/report', undefined, { raw });
+    } catch (e) {
+      // One result over the server's body limit can only fail its task, like one JSON cannot hold.
+      if (e instanceof PayloadTooLargeError && chunk.length === 1 && !chunk[0]!.failed) {
+        const c = completed[chunk[0]!.index]!;
+        const item = failure(-1, c, 'ResultTooLarge', `is larger than the server accepts (${e.message})`);
+        await this.reportChunk([item], next, out, completed);
+        return;
+      }
+      throw e;
+    }
+    done.forEach((item, j) => {
+      out.completed[item.index] = r.completed[j] === 'ok';
+    });
+    failing.forEach((item, j) => {
+      if (item.index >= 0) out.failed[item.index] = r.failed[j] === 'ok';
     });
     const now = Date.now();
-    return {
-      completed: completedOk,
-      failed: failed.map((_, i) => r.failed[i] === 'ok'),
-      claimed: r.tasks.map((t) => portTask(t, now)),
-    };
+    for (const t of r.tasks) out.claimed.push(portTask(t, now));
   }
 
   async heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
@@ -204,20 +258,55 @@ export class HttpPort implements DynataskPort {
   }
 
   async spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]> {
-    const children = specs.map((s, i) => ({
-      type: s.type,
-      payload: s.payload,
-      options: { ...wireOptions(s.options, `children[${i}].options`), key: keys[i] },
-    }));
-    const r = await this.post<{ items: Array<{ children: TaskHandle[] } | ItemError> }>('/v1/worker/spawn', {
-      items: [{ id: parent.id, token: parent.token, children }],
-    });
-    const item = r.items[0]!;
-    if ('error' in item) throw errorFrom(409, item);
-    return item.children;
+    const children = specs.map((s, i) =>
+      JSON.stringify({
+        type: s.type,
+        payload: s.payload,
+        options: { ...wireOptions(s.options, `children[${i}].options`), key: keys[i] },
+      }),
+    );
+    // Usually one request, one transaction. A spawn too big for one request goes in several, in
+    // order: safe, as each child's key makes it idempotent (a re-run spawns what is missing).
+    const handles: TaskHandle[] = [];
+    for (let i = 0; i < children.length || i === 0; ) {
+      let j = i;
+      let bytes = 0;
+      while (
+        j < children.length &&
+        j - i < SPAWN_CHILDREN &&
+        (j === i || bytes + children[j]!.length <= SPAWN_BYTES)
+      )
+        bytes += children[j++]!.length;
+      const raw = `{"items":[{"id":${JSON.stringify(parent.id)},"token":${parent.token},"children":[${children.slice(i, j).join(',')}]}]}`;
+      const r = await this.transport.call<{ items: Array<{ children: TaskHandle[] } | ItemError> }>(
+        'POST',
+        '/v1/worker/spawn',
+        undefined,
+        { raw },
+      );
+      const item = r.items[0]!;
+      if ('error' in item) throw errorFrom(409, item);
+      handles.push(...item.children);
+      if (j === children.length) break;
+      i = j;
+    }
+    return handles;
   }
 
   async wait(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
+    if (spec.all || spec.ids.length <= WAIT_IDS) return this.waitOnce(ref, spec);
+    // More children than one request may name: wait for them a slice at a time. A slice not
+    // settled suspends the task, whose re-run finds the earlier slices settled.
+    const outcomes: Outcome[] = [];
+    for (let i = 0; i < spec.ids.length; i += WAIT_IDS) {
+      const r = await this.waitOnce(ref, { all: false, ids: spec.ids.slice(i, i + WAIT_IDS) });
+      if (r.suspended) return r;
+      outcomes.push(...r.outcomes);
+    }
+    return { suspended: false, outcomes };
+  }
+
+  private async waitOnce(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
     let repeated = false;
     const item = spec.all ? { ...ref, all: true } : { ...ref, ids: spec.ids };
     let r: { items: Array<WaitResult | ItemError> };

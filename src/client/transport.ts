@@ -22,6 +22,11 @@ export class HttpError extends Error {
   }
 }
 
+/** A request body over the server's limit (413): bad input, as far as the caller can tell. */
+export class PayloadTooLargeError extends ValidationError {
+  override name = 'PayloadTooLargeError';
+}
+
 /** The server's `{error: {code, message, field?}}`, as the error the in-process API throws. */
 export function errorFrom(status: number, body: unknown): Error {
   const e = (body as { error?: { code?: unknown; message?: unknown; field?: unknown } } | null)?.error;
@@ -29,8 +34,9 @@ export function errorFrom(status: number, body: unknown): Error {
   const message = typeof e?.message === 'string' ? e.message : `HTTP ${status}`;
   switch (code) {
     case 'invalid_request':
-    case 'payload_too_large':
       return new ValidationError(message);
+    case 'payload_too_large':
+      return new PayloadTooLargeError(message);
     case 'not_found':
       return new NotFoundError(message);
     case 'stale_attempt':
