@@ -31,6 +31,7 @@ import type { LeafResult, RemoteWorkerConfig } from './fixtures/remote-worker.js
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WORKER = fileURLToPath(new URL('./fixtures/remote-worker.ts', import.meta.url));
+const SERVER = fileURLToPath(new URL('./fixtures/server-process.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'dynatask-client-'));
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -368,6 +369,65 @@ describe('remote specifics', () => {
     await new Promise((r) => setTimeout(r, 200));
     const t = await dt.getTask(late.rootTaskId);
     expect(t.state, JSON.stringify(t)).toBe('queued');
+  });
+});
+
+describe('remote workers through failures of the server', () => {
+  it('sends the token, and a missing or wrong token is an HttpError 401', async () => {
+    const s = await startServer({
+      tokens: [
+        { name: 'w', scopes: ['worker', 'operator', 'viewer'], secret: 'sesame' },
+        { name: 'v', scopes: ['viewer'], secret: 'look' },
+      ],
+    });
+    cleanups.push(() => s.close());
+    const dt = await open({ database: s.url, token: 'sesame' });
+    cleanups.push(() => dt.close());
+    dt.handle('t', async () => 'ok');
+    await dt.start();
+    expect(await (await dt.submit('t', null)).result()).toBe('ok');
+    for (const token of [undefined, 'wrong']) {
+      const other = await open({ database: s.url, ...(token ? { token } : {}) });
+      cleanups.push(() => other.close());
+      const err = await other.listJobs().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(HttpError);
+      expect((err as HttpError).status).toBe(401);
+    }
+    const viewer = await open({ database: s.url, token: 'look' });
+    cleanups.push(() => viewer.close());
+    expect(await viewer.listJobs()).toHaveLength(1);
+    await expect(viewer.submit('t', null)).rejects.toMatchObject({ status: 403, code: 'forbidden' });
+  });
+
+  it('a remote worker rides out a server killed with SIGKILL and restarted: the job completes, nothing twice', async () => {
+    const database = join(dir, `${randomUUID()}.db`);
+    const start = async (port?: number) => {
+      const p = new ChildHandle(SERVER, { database, ...(port ? { port } : {}) }, 'server');
+      cleanups.push(async () => {
+        p.kill();
+        await p.exited;
+      });
+      return { p, url: (await p.next<{ type: string; url: string }>('listening')).url };
+    };
+    const first = await start();
+    const port = Number(new URL(first.url).port);
+    const w = worker({ url: first.url, types: ['root', 'leaf'], concurrency: 16 });
+    await w.next('ready');
+    const dt = await open({ database: first.url });
+    cleanups.push(() => dt.close());
+    const job = await dt.submit('root', { leaves: 3000 });
+    // Kill it once the job is under way, then start it again on the same file and port.
+    while ((await dt.getJob(job.id)).counts.succeeded < 200) await new Promise((r) => setTimeout(r, 20));
+    first.p.kill('SIGKILL');
+    await first.p.exited;
+    await start(port);
+    const result = (await within(job.result(), 60_000, 'the job after the restart')) as { sum: number };
+    expect(result.sum).toBe(2999 * 3000);
+    const info = await dt.getJob(job.id);
+    expect(info.counts.succeeded).toBe(3001);
+    // Leaves in flight when the server died are still held by the worker: no attempt was lost.
+    const tasks = (await dt.tree(job.id, { limit: 10_000 })).tasks;
+    expect(tasks.filter((t) => t.attempt !== 1)).toEqual([]);
   });
 });
 
