@@ -376,6 +376,16 @@ describe('HTTP API errors', () => {
     expectError(await s.call('GET', '/v1/jobs?state=bogus'), 400, 'invalid_request', '/state');
     expectError(await s.call('GET', '/v1/tasks/not-a-uuid'), 400, 'invalid_request', '/taskId');
     expectError(await s.call('POST', '/v1/jobs', undefined, { raw: '{"jobs": [' }), 400, 'invalid_request');
+    const deep = (n: number): unknown => (n === 0 ? 1 : [deep(n - 1)]);
+    expectError(
+      await s.call('POST', '/v1/jobs', { jobs: [{ type: 'deep', payload: deep(200) }] }),
+      400,
+      'invalid_request',
+      `/jobs/0/payload${'/0'.repeat(125)}`,
+    );
+    expect((await s.call('POST', '/v1/jobs', { jobs: [{ type: 'deep', payload: deep(100) }] })).status).toBe(
+      200,
+    );
     expectError(await s.call('POST', '/v1/jobs', undefined, { raw: '' }), 400, 'invalid_request');
     expectError(
       await s.call('POST', '/v1/jobs', undefined, { raw: '{"__proto__": {"x": 1}}' }),

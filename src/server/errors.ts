@@ -144,3 +144,34 @@ export function installErrorHandlers(app: FastifyInstance): void {
     void reply.code(404).send(body('not_found', `no route ${req.method} ${req.url.split('?')[0]}`));
   });
 }
+
+/** How deep a request body's JSON may nest: far beyond any real payload, far within the stack. */
+export const MAX_JSON_DEPTH = 128;
+
+/**
+ * Refuses JSON nested deeper than MAX_JSON_DEPTH, naming where. Parsing is iterative, but
+ * serialising is recursive: a value nested thousands deep would be stored, then fail every
+ * answer that carries it (a claim, a read), far from the request that sent it.
+ */
+export function checkDepth(body: unknown): void {
+  type Node = { value: unknown; depth: number; key: string; parent: Node | undefined };
+  const stack: Node[] = [{ value: body, depth: 0, key: '', parent: undefined }];
+  while (stack.length) {
+    const n = stack.pop()!;
+    if (n.value === null || typeof n.value !== 'object') continue;
+    if (n.depth >= MAX_JSON_DEPTH) {
+      const keys: string[] = [];
+      for (let p: Node | undefined = n; p?.parent; p = p.parent) keys.push(escapePointer(p.key));
+      const field = `/${keys.reverse().join('/')}`;
+      throw new HttpError(
+        400,
+        'invalid_request',
+        `body ${field} nests deeper than ${MAX_JSON_DEPTH} levels`,
+        field,
+      );
+    }
+    for (const [k, v] of Object.entries(n.value))
+      if (v !== null && typeof v === 'object')
+        stack.push({ value: v, depth: n.depth + 1, key: k, parent: n });
+  }
+}

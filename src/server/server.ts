@@ -12,7 +12,7 @@ import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
 import { hoistTitledSchemas } from './components.js';
 import { type ServerContext, TypeSettings } from './context.js';
-import { installErrorHandlers, toErrorReply } from './errors.js';
+import { checkDepth, installErrorHandlers, toErrorReply } from './errors.js';
 import { Metrics } from './metrics.js';
 import type { Typed } from './routes/common.js';
 import { EventStreams, eventRoutes } from './routes/events.js';
@@ -136,6 +136,9 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
   app.addHook('onRequest', async (req) => {
     if (req.is404) return;
     auth.check(req, req.routeOptions.config.access ?? 'any');
+  });
+  app.addHook('preValidation', async (req) => {
+    if (req.body !== null && typeof req.body === 'object') checkDepth(req.body);
   });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.is404 ? 'unmatched' : (req.routeOptions.url ?? 'unmatched');
