@@ -1,7 +1,9 @@
 /** dynatask: dependent, asynchronous job processing with task trees. */
 
+export { HttpPort, type HttpPortOptions } from './client/http-port.js';
+export { HttpError, PayloadTooLargeError } from './client/transport.js';
 export type { HandlerOptions, OpenOptions, StartOptions } from './dynatask.js';
-export { DEFAULT_DATABASE, Dynatask, JobHandle, open } from './dynatask.js';
+export { DEFAULT_DATABASE, Dynatask, isServerUrl, JobHandle, open } from './dynatask.js';
 export type { ChildSpec, TaskMap, TaskMeta } from './engine/context.js';
 export { TaskContext } from './engine/context.js';
 export { Engine } from './engine/engine.js';
@@ -14,6 +16,8 @@ export {
   StaleAttemptError,
   ValidationError,
 } from './engine/errors.js';
+export { LocalPort } from './engine/local-port.js';
+export type { DynataskPort, JobSummary, PortTask, WorkerPort } from './engine/port.js';
 export * from './engine/types.js';
 export type { Handler } from './engine/worker.js';
 export { openStore } from './store/open.js';

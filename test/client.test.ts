@@ -12,12 +12,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { HttpPort } from '../src/client/http-port.js';
-import { HttpError } from '../src/client/transport.js';
 import {
   ConflictError,
   type Dynatask,
   type DynataskEvent,
+  HttpError,
+  HttpPort,
   NonRetryableError,
   NotFoundError,
   open,
