@@ -92,6 +92,8 @@ export class Engine {
   private readonly cancelListeners = new Set<(taskIds: string[]) => void>();
   private readonly jobListeners = new Set<(jobs: Array<{ jobId: string; state: JobState }>) => void>();
   private readonly typeConfigs = new Map<string, TypeConfigRow>();
+  /** Namespaces seen with concurrency limits, until when (see claimIn). */
+  private readonly limitedUntil = new Map<string, number>();
   /** Where errors thrown by event listeners go; they never fail the operation that emitted. */
   onListenerError: (e: unknown) => void = (e) => console.error('dynatask: an event listener threw:', e);
 
@@ -421,7 +423,31 @@ export class Engine {
     leaseMs: number,
   ): Promise<ClaimedTask[]> {
     if (limit <= 0 || types.length === 0) return [];
+    const typeTimeouts: Record<string, number> = {};
+    for (const type of types) {
+      const t = this.typeConfig(namespace, type)?.timeout_ms;
+      if (t != null) typeTimeouts[type] = t;
+    }
+    if (tx.claimReady && !((this.limitedUntil.get(namespace) ?? 0) > b.now)) {
+      // One statement when the namespace has no concurrency limits; else the general path.
+      const rows = await tx.claimReady({
+        namespace,
+        types,
+        now: b.now,
+        limit,
+        leaseMs,
+        graceMs: DEFAULTS.timeoutGraceMs,
+        typeTimeouts,
+      });
+      if (rows.length) {
+        rows.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+        for (const row of rows) b.taskEvent(row, 'running');
+        return rows.map((row) => ({ row, token: row.run_token }));
+      }
+    }
     const slots = await tx.getSlots(namespace);
+    // A namespace with limits skips the one-statement claim for a while: it would claim nothing.
+    if (tx.claimReady && slots.length) this.limitedUntil.set(namespace, b.now + 5000);
     const free = new Map<string, number>();
     for (const s of slots) free.set(s.key, s.max - s.running);
     const withKeys = slots.some((s) => s.key.startsWith('key:'));
@@ -473,11 +499,6 @@ export class Engine {
       ids.push(c.id);
     }
     if (!ids.length) return [];
-    const typeTimeouts: Record<string, number> = {};
-    for (const type of types) {
-      const t = this.typeConfig(namespace, type)?.timeout_ms;
-      if (t != null) typeTimeouts[type] = t;
-    }
     const rows = await tx.claimByIds({
       ids,
       now: b.now,

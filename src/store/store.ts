@@ -165,6 +165,16 @@ export interface ClaimQuery {
 export type ClaimCandidate = Pick<TaskRow, 'id' | 'type' | 'priority' | 'run_at' | 'concurrency_key'>;
 
 /** Claims chosen tasks in one statement: running, token bumped, leased. */
+export interface ClaimReadyQuery {
+  namespace: string;
+  types: string[];
+  now: number;
+  limit: number;
+  leaseMs: number;
+  graceMs: number;
+  typeTimeouts: Record<string, number>;
+}
+
 export interface ClaimByIdsQuery {
   ids: string[];
   now: number;
@@ -223,6 +233,13 @@ export interface StoreTx {
   claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]>;
   /** Claims and leases the given tasks, candidates of this transaction, if still queued; returns those claimed. */
   claimByIds(q: ClaimByIdsQuery): Promise<ClaimRow[]>;
+  /**
+   * Optional shortcut of a whole claim in one statement, for a namespace without concurrency
+   * limits: the best `limit` due tasks of `types`, claimed and leased as claimByIds would.
+   * Returns nothing when the namespace has limits (or nothing is due): the engine then takes
+   * the general path. Worth having where a statement is a round trip (PostgreSQL).
+   */
+  claimReady?(q: ClaimReadyQuery): Promise<ClaimRow[]>;
   /**
    * Guarded completion: for each item still running under its token, stores the result and
    * moves it to `succeeded` (no open children and no unobserved failure) or `completing`.

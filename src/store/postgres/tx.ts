@@ -8,6 +8,7 @@ import type {
   ClaimByIdsQuery,
   ClaimCandidate,
   ClaimQuery,
+  ClaimReadyQuery,
   ClaimRow,
   CompletedRow,
   DepRow,
@@ -187,6 +188,18 @@ export class PostgresTx implements StoreTx {
       delete r.ctid;
     }
     return rows;
+  }
+
+  async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[]> {
+    return this.rows(this.ctx.q.claimReady, [
+      q.namespace,
+      q.types,
+      q.now,
+      q.limit,
+      q.leaseMs,
+      q.graceMs,
+      JSON.stringify(q.typeTimeouts),
+    ]);
   }
 
   /**
