@@ -5,6 +5,7 @@
  * test, since PostgreSQL refuses values SQLite takes (NUL in text, integers beyond int4).
  */
 import { afterAll, describe, expect, it } from 'vitest';
+import { killServerProcesses, startServerProcess } from './fixtures/cli-server.js';
 import { fuzzAgainst } from './fixtures/fuzz.js';
 import { fanOutHandlers, type Loose, runWorker, startServer, type TestServer } from './fixtures/http.js';
 import { Schemas } from './postgres/server.js';
@@ -12,6 +13,7 @@ import { Schemas } from './postgres/server.js';
 const schemas = new Schemas();
 const servers: TestServer[] = [];
 afterAll(async () => {
+  killServerProcesses();
   for (const s of servers) await s.close();
   await schemas.dropAll();
 });
@@ -74,6 +76,37 @@ describe('HTTP server on PostgreSQL', () => {
     } while (after);
     expect(tasks).toHaveLength(leaves + 1);
     expect(tasks.filter((t) => t.attempt !== 1 || t.state !== 'succeeded')).toEqual([]);
+  });
+
+  it('two `dynatask server` processes with $DYNATASK_TOKENS serve one job; both drain on SIGTERM', async () => {
+    const url = schemas.freshUrl('http');
+    const W = 'worker-secret-0123456789';
+    const O = 'operator-secret-0123456789';
+    const env = { DYNATASK_TOKENS: `w:worker:${W},o:operator+viewer:${O}` };
+    const [a, b] = await Promise.all([startServerProcess(url, { env }), startServerProcess(url, { env })]);
+    const leaves = 60;
+    expect((await a.call('POST', '/v1/jobs', { jobs: [{ type: 'root' }] })).status).toBe(401);
+    const job = (
+      await a.call('POST', '/v1/jobs', { jobs: [{ type: 'root', payload: { n: leaves } }] }, { token: O })
+    ).body.jobs[0];
+    const settled = async () =>
+      (await b.call('GET', `/v1/jobs/${job.jobId}`, undefined, { token: O })).body.state !== 'running';
+    const runs = await Promise.all(
+      [a, b, a, b].map((s) => runWorker(s, fanOutHandlers(W), settled, { token: W, limit: 8 })),
+    );
+    expect(runs.reduce((n, r) => n + r.ran, 0)).toBe(leaves + 2);
+    const info = (await a.call('GET', `/v1/jobs/${job.jobId}`, undefined, { token: O })).body;
+    expect(info).toMatchObject({
+      state: 'succeeded',
+      total: leaves + 1,
+      result: (leaves * (leaves + 1)) / 2,
+    });
+    a.child.kill('SIGTERM');
+    b.child.kill('SIGTERM');
+    expect(await Promise.all([a.exited, b.exited])).toEqual([
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+    ]);
   });
 
   it('a long poll on one server wakes on a submission through the other (NOTIFY, not the poll)', async () => {

@@ -3,62 +3,18 @@
  * claim long-polls and a worker holds tasks; the process drains and exits 0, and a server
  * started again on the same SQLite file finishes the job with nothing lost or run twice.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
-import { client, fanOutHandlers, type Loose, runWorker, type TestServer } from './fixtures/http.js';
+import { killServerProcesses, startServerProcess } from './fixtures/cli-server.js';
+import { fanOutHandlers, type Loose, runWorker, type TestServer } from './fixtures/http.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'dynatask-sigterm-'));
-const children: ChildProcess[] = [];
 afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killServerProcesses();
   rmSync(dir, { recursive: true, force: true });
 });
-
-interface ServerProcess {
-  child: ChildProcess;
-  url: string;
-  logs: Loose[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  call: TestServer['call'];
-}
-
-/** Starts `dynatask server` on a free port and waits for its "listening" log line. */
-async function startServerProcess(database: string): Promise<ServerProcess> {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'test/fixtures/cli.ts', 'server', '--port', '0', '--database', database],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  children.push(child);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  const logs: Loose[] = [];
-  const url = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i = buf.indexOf('\n');
-      while (i >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        i = buf.indexOf('\n');
-        try {
-          const entry = JSON.parse(line);
-          logs.push(entry);
-          if (entry.msg === 'dynatask server listening') resolve(entry.url);
-        } catch {}
-      }
-    });
-    void exited.then((e) => reject(new Error(`server exited before listening: ${JSON.stringify(e)}`)));
-  });
-  return { child, url, logs, exited, call: client(url) };
-}
 
 it('SIGTERM mid-claim: drains, exits 0, and no task is lost', async () => {
   const database = join(dir, 'db.sqlite');
