@@ -310,6 +310,22 @@ describe('HTTP API', () => {
     expect((await s.call('GET', `/v1/jobs/${UNKNOWN}/events`)).status).toBe(404);
   });
 
+  it('streams only the kinds asked for (kinds=job costs transactions nothing)', async () => {
+    const job = await submit(s, 'kinds');
+    const settles = await fetch(`${s.url}/v1/jobs/${job.jobId}/events?kinds=job`);
+    const tasks = await fetch(`${s.url}/v1/events?kinds=task`);
+    const t = await claimOne(s, 'kinds');
+    await s.call('POST', '/v1/worker/progress', { id: t.id, token: t.token, progress: 1 });
+    await s.call('POST', '/v1/worker/report', { completed: [{ id: t.id, token: t.token, result: 1 }] });
+    const jobEvents = await readEvents(settles, (e) => e.length > 0);
+    expect(jobEvents).toMatchObject([{ kind: 'job', jobId: job.jobId, state: 'succeeded' }]);
+    const taskEvents = await readEvents(tasks, (e) =>
+      e.some((x) => x.jobId === job.jobId && x.state === 'succeeded'),
+    );
+    expect(new Set(taskEvents.map((e) => e.kind))).toEqual(new Set(['task']));
+    expect((await s.call('GET', '/v1/events?kinds=nope')).status).toBe(400);
+  });
+
   it('serves its OpenAPI document', async () => {
     const doc = (await s.call('GET', '/openapi.json')).body;
     expect(doc.openapi).toBe('3.1.0');

@@ -504,4 +504,16 @@ export type TypeConfigBody = Static<typeof TypeConfigBody>;
 
 // ---------------------------------------------------------------- events and operations
 
+export const EventsQuery = Type.Object(
+  {
+    kinds: Type.Optional(
+      Type.String({
+        pattern: '^(task|progress|job)(,(task|progress|job))*$',
+        description:
+          'Comma-separated kinds to receive (default all). `job` alone costs the server nothing per transaction: use it to learn when jobs settle',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
 export const HealthReply = Type.Object({ status: Type.String() }, { title: 'Health' });

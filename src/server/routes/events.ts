@@ -7,7 +7,7 @@ import type { ServerResponse } from 'node:http';
 import { NotFoundError } from '../../engine/errors.js';
 import type { DynataskEvent } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';
-import { JobParams } from '../schemas.js';
+import { EventsQuery, JobParams } from '../schemas.js';
 import { errors, type Typed } from './common.js';
 
 /** A comment line this often keeps proxies from closing an idle stream. */
@@ -15,16 +15,33 @@ const KEEPALIVE_MS = 15_000;
 /** A client this far behind is cut off (it can reconnect) rather than buffered without bound. */
 const MAX_BUFFERED = 8 * 1024 * 1024;
 
+type Kind = DynataskEvent['kind'];
+const KINDS: readonly Kind[] = ['task', 'progress', 'job'];
+
+/** `?kinds=task,job` as a set; all kinds when absent. */
+function kindsOf(q: string | undefined): Set<Kind> {
+  return new Set(q ? (q.split(',') as Kind[]) : KINDS);
+}
+
 interface Stream {
   res: ServerResponse;
   jobId: string | undefined;
+  kinds: Set<Kind>;
   seq: number;
 }
 
-/** The open streams, and one engine subscription shared by them while any is open. */
+/** Only job events: served by engine.onJobSettled, which costs transactions nothing. */
+const jobsOnly = (s: Stream) => s.kinds.size === 1 && s.kinds.has('job');
+
+/**
+ * The open streams, and the engine subscriptions they share while any is open: every event
+ * (engine.subscribe, which makes each transaction build its events), or only job settles
+ * (engine.onJobSettled, free) when every open stream asked for `kinds=job` alone.
+ */
 export class EventStreams {
   private readonly streams = new Set<Stream>();
   private unsubscribe: (() => void) | undefined;
+  private unsubscribeJobs: (() => void) | undefined;
   private keepalive: NodeJS.Timeout | undefined;
 
   constructor(private readonly ctx: ServerContext) {}
@@ -33,12 +50,11 @@ export class EventStreams {
     return this.streams.size;
   }
 
-  open(res: ServerResponse, jobId: string | undefined): Stream {
-    const s: Stream = { res, jobId, seq: 0 };
+  open(res: ServerResponse, jobId: string | undefined, kinds: Set<Kind>): Stream {
+    const s: Stream = { res, jobId, kinds, seq: 0 };
     this.streams.add(s);
     this.ctx.metrics.eventStreams.set(this.streams.size);
-    // Subscribing makes every transaction build its events: only while someone listens.
-    this.unsubscribe ??= this.ctx.engine.subscribe((e) => this.publish(e));
+    this.subscriptions();
     if (!this.keepalive) {
       this.keepalive = setInterval(() => {
         for (const st of this.streams) st.res.write(': keepalive\n\n');
@@ -58,16 +74,40 @@ export class EventStreams {
     s.res.write(`id: ${s.seq}\ndata: ${JSON.stringify(e)}\n\n`);
   }
 
+  /** Holds exactly the engine subscriptions the open streams need. */
+  private subscriptions(): void {
+    const all = [...this.streams].some((s) => !jobsOnly(s));
+    const jobs = [...this.streams].some(jobsOnly);
+    if (all) this.unsubscribe ??= this.ctx.engine.subscribe((e) => this.publish(e));
+    else {
+      this.unsubscribe?.();
+      this.unsubscribe = undefined;
+    }
+    if (jobs)
+      this.unsubscribeJobs ??= this.ctx.engine.onJobSettled((settled) => {
+        const at = Date.now();
+        for (const j of settled)
+          for (const s of this.streams)
+            if (jobsOnly(s) && (s.jobId === undefined || s.jobId === j.jobId))
+              this.send(s, { kind: 'job', jobId: j.jobId, state: j.state, at });
+      });
+    else {
+      this.unsubscribeJobs?.();
+      this.unsubscribeJobs = undefined;
+    }
+  }
+
   private publish(e: DynataskEvent): void {
-    for (const s of this.streams) if (s.jobId === undefined || s.jobId === e.jobId) this.send(s, e);
+    for (const s of this.streams)
+      if (!jobsOnly(s) && s.kinds.has(e.kind) && (s.jobId === undefined || s.jobId === e.jobId))
+        this.send(s, e);
   }
 
   private remove(s: Stream): void {
     if (!this.streams.delete(s)) return;
     this.ctx.metrics.eventStreams.set(this.streams.size);
+    this.subscriptions();
     if (this.streams.size === 0) {
-      this.unsubscribe?.();
-      this.unsubscribe = undefined;
       clearInterval(this.keepalive);
       this.keepalive = undefined;
     }
@@ -109,14 +149,15 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
         operationId: 'streamEvents',
         tags,
         summary: "Every job's events (Server-Sent Events), as transitions commit through this server",
+        querystring: EventsQuery,
         response: { ...sseResponse, ...errors(401, 403) },
       },
     },
-    (_req, reply) => {
+    (req, reply) => {
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
       reply.raw.write(': connected\n\n');
-      streams.open(reply.raw, undefined);
+      streams.open(reply.raw, undefined, kindsOf(req.query.kinds));
     },
   );
 
@@ -129,22 +170,30 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
         tags,
         summary: "One job's events (Server-Sent Events); a settled job's stream starts with its job event",
         params: JobParams,
+        querystring: EventsQuery,
         response: { ...sseResponse, ...errors(400, 401, 403, 404) },
       },
     },
     async (req, reply) => {
       const { jobId } = req.params;
+      const kinds = kindsOf(req.query.kinds);
       // Subscribe before reading the job, so that a settle in between is not missed.
       const pending: DynataskEvent[] = [];
-      const buffer = ctx.engine.subscribe((e) => e.jobId === jobId && pending.push(e));
+      const buffer =
+        kinds.size === 1 && kinds.has('job')
+          ? ctx.engine.onJobSettled((settled) => {
+              for (const j of settled)
+                if (j.jobId === jobId) pending.push({ kind: 'job', jobId, state: j.state, at: Date.now() });
+            })
+          : ctx.engine.subscribe((e) => e.jobId === jobId && kinds.has(e.kind) && pending.push(e));
       try {
         const job = await ctx.store.getJob(jobId);
         if (!job) throw new NotFoundError(`job ${jobId} not found`);
         reply.hijack();
         reply.raw.writeHead(200, SSE_HEADERS);
         reply.raw.write(': connected\n\n');
-        const s = streams.open(reply.raw, jobId);
-        if (job.state !== 'running' && !pending.some((e) => e.kind === 'job'))
+        const s = streams.open(reply.raw, jobId, kinds);
+        if (job.state !== 'running' && kinds.has('job') && !pending.some((e) => e.kind === 'job'))
           streams.send(s, { kind: 'job', jobId, state: job.state, at: job.settled_at ?? job.created_at });
         for (const e of pending) streams.send(s, e);
       } finally {
