@@ -34,6 +34,12 @@ export interface OpenOptions {
   namespace?: string;
   /** Lease of a claimed task; heartbeats renew it every third of it. Default 30 s. */
   leaseMs?: number;
+  /**
+   * Apply the schema migrations the database lacks on open (the default). With `false`, open
+   * refuses a database whose schema is behind, and `dynatask migrate` is the deploy step
+   * that migrates it.
+   */
+  migrate?: boolean;
   /** An already open store (tests, embedding). */
   store?: Store;
 }
@@ -101,11 +107,23 @@ export async function open<M extends TaskMap = TaskMap>(opts: OpenOptions = {}):
     return new Dynatask<M>(port, opts);
   }
   const store = opts.store ?? (await openStore(database));
-  await store.migrate();
+  if (opts.migrate === false) await requireMigrated(store);
+  else await store.migrate();
   const engine = new Engine(store, opts.leaseMs !== undefined ? { leaseMs: opts.leaseMs } : {});
   const dt = new Dynatask<M>(new LocalPort(engine, store), opts);
   await engine.loadTypeConfigs(dt.namespace);
   return dt;
+}
+
+/** Throws, naming what to run, if the store's schema lacks migrations. */
+async function requireMigrated(store: Store): Promise<void> {
+  const pending = await store.pendingMigrations();
+  if (pending.length) {
+    await store.close();
+    throw new ValidationError(
+      `the ${store.kind} database lacks migrations ${pending.join(', ')}: run \`dynatask migrate\` (or open without migrate: false)`,
+    );
+  }
 }
 
 /** True for the http:// or https:// URL of a dynatask server. */

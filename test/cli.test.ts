@@ -142,3 +142,23 @@ describe('dynatask commands on bad input', () => {
     expect(purged.stdout).toMatch(/^purged 2 jobs of namespace demo settled more than 0 ms ago/);
   });
 });
+
+describe('dynatask migrate', () => {
+  it('lists pending migrations with --check, applies them, and then finds the schema up to date', async () => {
+    const fresh = join(dir, 'fresh.db');
+    const before = await dynatask(['migrate', '--check', '--database', fresh, '--json']);
+    expect(before.code).toBe(1);
+    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: ['001_init.sql'] });
+    const applied = await dynatask(['migrate', '--database', fresh]);
+    expect(applied).toMatchObject({ code: 0, stdout: 'applied 001_init.sql\n' });
+    expect((await dynatask(['migrate', '--database', fresh])).stdout).toBe('the schema is up to date\n');
+    expect((await dynatask(['migrate', '--check', '--database', fresh])).code).toBe(0);
+  });
+
+  it('refuses a server URL: it migrates the database itself', async () => {
+    expectUserError(
+      await dynatask(['migrate', '--database', 'http://127.0.0.1:1']),
+      /migrate needs the database itself/,
+    );
+  });
+});

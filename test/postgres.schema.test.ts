@@ -8,9 +8,10 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pgBinary } from '../scripts/postgres.mjs';
+import { open, ValidationError } from '../src/index.js';
 import { TASK_COLUMN_TYPES } from '../src/store/postgres/columns.js';
 import { PostgresStore } from '../src/store/postgres/postgres-store.js';
-import { Schemas } from './postgres/server.js';
+import { Schemas, withSchema } from './postgres/server.js';
 
 const schemas = new Schemas();
 afterAll(() => schemas.dropAll());
@@ -74,5 +75,22 @@ describe('postgres schema', () => {
       rows.map((r) => [r.column_name, `${r.data_type}${r.is_nullable === 'YES' ? ' null' : ''}`]),
     );
     expect(table).toEqual(TASK_COLUMN_TYPES);
+  });
+
+  it('open({ migrate: false }) refuses a schema that lacks migrations, and opens once it is migrated', async () => {
+    const schema = schemas.fresh('nomig');
+    const url = withSchema(schemas.url, schema);
+    const err = await open({ database: url, migrate: false }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ValidationError);
+    expect((err as Error).message).toMatch(/lacks migrations 001_init\.sql: run `dynatask migrate`/);
+    const store = new PostgresStore({ url: schemas.url, schema });
+    expect(await store.pendingMigrations()).toEqual(['001_init.sql']);
+    expect(await store.migrate()).toEqual(['001_init.sql']);
+    expect(await store.migrate()).toEqual([]);
+    expect(await store.pendingMigrations()).toEqual([]);
+    await store.close();
+    const dt = await open({ database: url, migrate: false });
+    expect(await dt.listJobs()).toEqual([]);
+    await dt.close();
   });
 });

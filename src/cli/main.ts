@@ -9,6 +9,7 @@ import type { JobState } from '../engine/types.js';
 import type { CommonOptions } from './database.js';
 import { runDemo } from './demo.js';
 import { cancelJob, listJobs, purge, showJob, showTask } from './inspect.js';
+import { type MigrateOptions, migrate } from './migrate.js';
 import { UserError } from './output.js';
 import { serverCommand } from './server.js';
 
@@ -87,6 +88,13 @@ export function program(setExitCode: (code: number) => void): Command {
     .requiredOption('--older-than <duration>', 'e.g. 30s, 15m, 12h, 7d, 2w or 1h30m')
     .option('--namespace <ns>', 'namespace of the jobs to purge', 'default')
     .action(async (opts: Parameters<typeof purge>[0]) => setExitCode(await purge(opts)));
+
+  common(cli.command('migrate'))
+    .description(
+      'apply the schema migrations the database lacks (every process also does on start, unless told not to)',
+    )
+    .option('--check', 'only list the pending migrations; exit 1 if there are any')
+    .action(async (opts: MigrateOptions) => setExitCode(await migrate(opts)));
 
   serverCommand(cli, setExitCode);
   return cli;

@@ -290,8 +290,13 @@ export interface TaskPage {
 /** A store: transactions plus read-only queries. */
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
-  /** Applies migrations; safe to call on every start. */
-  migrate(): Promise<void>;
+  /**
+   * Applies the migrations not yet applied, in order; safe to call on every start, and from
+   * several processes at once. Resolves with the versions it applied (none: up to date).
+   */
+  migrate(): Promise<string[]>;
+  /** The migrations this version of dynatask has that the database has not applied. */
+  pendingMigrations(): Promise<string[]>;
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   /**
    * Runs `fn` inside a transaction the caller began on a connection of their own (`client`),

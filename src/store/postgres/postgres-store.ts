@@ -155,7 +155,12 @@ export class PostgresStore implements Store {
       throw new ValidationError(
         `schema ${JSON.stringify(this.schema)}: use letters, digits and underscores (at most 63), not starting with a digit`,
       );
-    this.pool = new pg.Pool({ connectionString: parsed.url, max: opts.poolSize ?? 10, types, options: PLANNER });
+    this.pool = new pg.Pool({
+      connectionString: parsed.url,
+      max: opts.poolSize ?? 10,
+      types,
+      options: PLANNER,
+    });
     // An idle connection that breaks (server restart) is dropped by the pool; the next query
     // opens a new one. Without a listener the error would crash the process.
     this.pool.on('error', () => {});
@@ -170,13 +175,24 @@ export class PostgresStore implements Store {
     this.ctx = { schema: s, q: queries(s), updates: new Map(), channel, origin: this.ready.origin };
   }
 
-  /** Applies the migrations not yet applied, in order, in one transaction. */
-  async migrate(): Promise<void> {
+  async pendingMigrations(): Promise<string[]> {
+    const exists = await this.rows<{ t: string | null }>('SELECT to_regclass($1) AS t', [
+      `${this.ctx.schema}.schema_migrations`,
+    ]);
+    if (!exists[0]?.t) return migrationFiles();
+    const done = new Set(
+      (
+        await this.rows<{ version: string }>(`SELECT version FROM ${this.ctx.schema}.schema_migrations`, [])
+      ).map((r) => r.version),
+    );
+    return migrationFiles().filter((f) => !done.has(f));
+  }
+
+  /** Applies the migrations not yet applied, in order, in one transaction; returns them. */
+  async migrate(): Promise<string[]> {
     const s = this.ctx.schema;
-    const files = readdirSync(MIGRATIONS_DIR)
-      .filter((f) => f.endsWith('.sql'))
-      .sort();
-    await this.withClient(async (client) => {
+    const files = migrationFiles();
+    return this.withClient(async (client) => {
       // Must come first: a second process migrating the same schema at the same time waits
       // here, then finds the versions the first one recorded.
       await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [migrationLockKey(this.schema)]);
@@ -197,11 +213,14 @@ export class PostgresStore implements Store {
         throw new Error(
           `schema ${this.schema} has migrations this version of dynatask does not know (${unknown.join(', ')}): upgrade dynatask`,
         );
+      const applied: string[] = [];
       for (const f of files) {
         if (done.has(f)) continue;
         await client.query(readFileSync(new URL(f, MIGRATIONS_DIR), 'utf8').replaceAll(':"schema"', s));
         await client.query(`INSERT INTO ${s}.schema_migrations (version) VALUES ($1)`, [f]);
+        applied.push(f);
       }
+      return applied;
     });
   }
 
@@ -421,6 +440,13 @@ export class PostgresStore implements Store {
       if (--this.inflight === 0) this.drained?.();
     }
   }
+}
+
+/** The migration files of this version, in the order they apply. */
+function migrationFiles(): string[] {
+  return readdirSync(MIGRATIONS_DIR)
+    .filter((f) => f.endsWith('.sql'))
+    .sort();
 }
 
 /** The advisory lock that serialises migrations of one schema (a stable 64-bit hash of it). */

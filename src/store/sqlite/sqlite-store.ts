@@ -91,6 +91,13 @@ const COMPLETED_COLUMNS = COMPLETED.join(', ');
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
 
+/** The migration files of this version, in the order they apply. */
+function migrationFiles(): string[] {
+  return readdirSync(MIGRATIONS_DIR)
+    .filter((f) => f.endsWith('.sql'))
+    .sort();
+}
+
 /** IN-lists are bound in chunks of this size to stay under SQLite's parameter limit. */
 const CHUNK = 500;
 
@@ -139,14 +146,28 @@ export class SqliteStore implements Store {
     return s;
   }
 
-  async migrate(): Promise<void> {
-    await this.mutex.run(async () => {
+  async pendingMigrations(): Promise<string[]> {
+    return this.mutex.run(async () => {
+      const table = this.db
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+        .get();
+      const done = new Set(
+        table
+          ? (
+              this.db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: string }>
+            ).map((r) => r.version)
+          : [],
+      );
+      return migrationFiles().filter((f) => !done.has(f));
+    });
+  }
+
+  async migrate(): Promise<string[]> {
+    return this.mutex.run(async () => {
       this.db.exec(
         'CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)',
       );
-      const files = readdirSync(MIGRATIONS_DIR)
-        .filter((f) => f.endsWith('.sql'))
-        .sort();
+      const files = migrationFiles();
       // IMMEDIATE takes the write lock first, so two processes migrating at once apply each file once.
       this.db.exec('BEGIN IMMEDIATE');
       try {
@@ -155,14 +176,22 @@ export class SqliteStore implements Store {
             (r) => r.version,
           ),
         );
+        const unknown = [...done].filter((v) => !files.includes(v));
+        if (unknown.length)
+          throw new Error(
+            `this database has migrations this version of dynatask does not know (${unknown.join(', ')}): upgrade dynatask`,
+          );
+        const applied: string[] = [];
         for (const f of files) {
           if (done.has(f)) continue;
           this.db.exec(readFileSync(new URL(f, MIGRATIONS_DIR), 'utf8'));
           this.db
             .prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)')
             .run(f, Date.now());
+          applied.push(f);
         }
         this.db.exec('COMMIT');
+        return applied;
       } catch (e) {
         this.db.exec('ROLLBACK');
         throw e;
