@@ -61,6 +61,7 @@ describe('HTTP API', () => {
     expect(m.headers.get('content-type')).toContain('text/plain');
     expect(m.body).toContain('dynatask_http_requests_total{method="GET",route="/healthz",status="200"} 1');
     expect(m.body).toContain('dynatask_claim_latency_seconds_bucket');
+    expect(m.body).toMatch(/dynatask_tasks\{namespace="default",type="metered",state="queued"\} 1/);
   });
 
   it('submits, reads, lists and pages a job', async () => {
