@@ -12,6 +12,7 @@ import type { Wakeups } from './wakeups.js';
  */
 export class TypeSettings {
   private readonly byNamespace = new Map<string, Map<string, TypeConfigRow>>();
+  private readonly lastUsed = new Map<string, number>();
   private readonly loading = new Map<string, Promise<void>>();
 
   constructor(
@@ -26,6 +27,7 @@ export class TypeSettings {
 
   /** Loads a namespace's settings the first time it is used. */
   ensure(namespace: string): Promise<void> {
+    this.lastUsed.set(namespace, Date.now());
     if (this.byNamespace.has(namespace)) return Promise.resolve();
     let p = this.loading.get(namespace);
     if (!p) {
@@ -43,9 +45,18 @@ export class TypeSettings {
     this.byNamespace.set(namespace, new Map(rows.map((r) => [r.type, r])));
   }
 
-  /** Reloads every known namespace. */
-  async refresh(): Promise<void> {
-    for (const ns of this.namespaces()) await this.load(ns);
+  /**
+   * Reloads the namespaces used in the last `keepMs`, and forgets the others: a client naming
+   * ever new namespaces must not make each refresh (and metrics scrape) longer.
+   */
+  async refresh(keepMs = 600_000): Promise<void> {
+    const since = Date.now() - keepMs;
+    for (const ns of this.namespaces()) {
+      if ((this.lastUsed.get(ns) ?? 0) < since) {
+        this.byNamespace.delete(ns);
+        this.lastUsed.delete(ns);
+      } else await this.load(ns);
+    }
   }
 
   timeoutOf(namespace: string, type: string): number | null {
