@@ -148,6 +148,7 @@ describe('the same handlers in-process and against a server', () => {
       await expect(dt.cancelJob(randomUUID())).rejects.toBeInstanceOf(NotFoundError);
       await expect(dt.submit('ok', null, { priority: 1.5 })).rejects.toBeInstanceOf(ValidationError);
       await expect(dt.submit('', null)).rejects.toBeInstanceOf(ValidationError);
+      await expect(dt.submit('ok', { n: 1n })).rejects.toThrow(/payload is not JSON-serialisable/);
 
       const job = await dt.submit('ok', null);
       expect(await job.result()).toBe(1);
@@ -461,7 +462,11 @@ describe('the examples, unchanged, against a server', () => {
     expect(ci).toMatch(/deploy +skipped +DependencyFailed/);
     const render = await run('render', s.url);
     expect(render).toContain('rendered frames: 0 1 2 3 4 5 6 7');
-    expect(render).toContain('renders: 8, frame handler runs: 16');
+    // Each frame rendered once (its step); its handler ran twice unless its child had already
+    // settled when it waited, which a remote worker's long poll makes more likely.
+    const runs = Number(/^renders: 8, frame handler runs: (\d+)$/m.exec(render)?.[1]);
+    expect(runs).toBeGreaterThanOrEqual(8);
+    expect(runs).toBeLessThanOrEqual(16);
     // Progress events reached the example through the server's event stream.
     expect(render).toMatch(/frame \d done \(\d\/8\)/);
   });

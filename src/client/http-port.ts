@@ -22,6 +22,7 @@ import type {
   ReportResult,
   TypeSettings,
 } from '../engine/port.js';
+import { toJson, validateType } from '../engine/rows.js';
 import type {
   DynataskEvent,
   JobInfo,
@@ -55,8 +56,37 @@ const SPAWN_CHILDREN = 5000;
 const SPAWN_BYTES = 512 * 1024;
 /** Children named per wait request (about 40 bytes each). */
 const WAIT_IDS = 20_000;
+/** Bytes of jobs per submission request. */
+const SUBMIT_BYTES = 512 * 1024;
 /** Bytes of outcomes per report request: well within the server's default body limit (1 MiB). */
 const REPORT_BYTES = 512 * 1024;
+
+/** A task to create, serialised; a payload JSON cannot hold is bad input, as in-process. */
+function task(type: string, payload: unknown, options: Record<string, unknown>, where: string): string {
+  validateType(type, where);
+  const json = toJson(payload, 'payload');
+  return `{"type":${JSON.stringify(type)}${json === null ? '' : `,"payload":${json}`},"options":${JSON.stringify(options)}}`;
+}
+
+/**
+ * Consecutive slices of serialised items, each of at most `count` items and about `bytes`
+ * (an item bigger than that goes alone). Always at least one slice, maybe empty.
+ */
+function chunks(items: string[], count: number, bytes: number): string[][] {
+  const out: string[][] = [[]];
+  let size = 0;
+  for (const item of items) {
+    const last = out[out.length - 1]!;
+    if (last.length > 0 && (last.length >= count || size + item.length > bytes)) {
+      out.push([item]);
+      size = item.length;
+    } else {
+      last.push(item);
+      size += item.length;
+    }
+  }
+  return out;
+}
 
 /** An outcome serialised for a report; `index` is its place among the caller's completions or failures. */
 interface ReportItem {
@@ -259,25 +289,18 @@ export class HttpPort implements DynataskPort {
 
   async spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]> {
     const children = specs.map((s, i) =>
-      JSON.stringify({
-        type: s.type,
-        payload: s.payload,
-        options: { ...wireOptions(s.options, `children[${i}].options`), key: keys[i] },
-      }),
+      task(
+        s.type,
+        s.payload,
+        { ...wireOptions(s.options, `children[${i}].options`), key: keys[i] },
+        `children[${i}]`,
+      ),
     );
     // Usually one request, one transaction. A spawn too big for one request goes in several, in
     // order: safe, as each child's key makes it idempotent (a re-run spawns what is missing).
     const handles: TaskHandle[] = [];
-    for (let i = 0; i < children.length || i === 0; ) {
-      let j = i;
-      let bytes = 0;
-      while (
-        j < children.length &&
-        j - i < SPAWN_CHILDREN &&
-        (j === i || bytes + children[j]!.length <= SPAWN_BYTES)
-      )
-        bytes += children[j++]!.length;
-      const raw = `{"items":[{"id":${JSON.stringify(parent.id)},"token":${parent.token},"children":[${children.slice(i, j).join(',')}]}]}`;
+    for (const chunk of chunks(children, SPAWN_CHILDREN, SPAWN_BYTES)) {
+      const raw = `{"items":[{"id":${JSON.stringify(parent.id)},"token":${parent.token},"children":[${chunk.join(',')}]}]}`;
       const r = await this.transport.call<{ items: Array<{ children: TaskHandle[] } | ItemError> }>(
         'POST',
         '/v1/worker/spawn',
@@ -287,8 +310,6 @@ export class HttpPort implements DynataskPort {
       const item = r.items[0]!;
       if ('error' in item) throw errorFrom(409, item);
       handles.push(...item.children);
-      if (j === children.length) break;
-      i = j;
     }
     return handles;
   }
@@ -340,27 +361,38 @@ export class HttpPort implements DynataskPort {
 
   async putStep(ref: AttemptRef, name: string, value: unknown): Promise<void> {
     // `undefined` is sent as no value at all, which the server stores as `undefined`.
-    await this.post('/v1/worker/steps/put', { id: ref.id, token: ref.token, name, value });
+    const json = toJson(value, `step ${name}`);
+    const raw = `{"id":${JSON.stringify(ref.id)},"token":${ref.token},"name":${JSON.stringify(name)}${json === null ? '' : `,"value":${json}`}}`;
+    await this.transport.call('POST', '/v1/worker/steps/put', undefined, { raw });
   }
 
   async progress(ref: AttemptRef, value: unknown): Promise<void> {
-    await this.post('/v1/worker/progress', { id: ref.id, token: ref.token, progress: value ?? null });
+    const raw = `{"id":${JSON.stringify(ref.id)},"token":${ref.token},"progress":${toJson(value, 'progress') ?? 'null'}}`;
+    await this.transport.call('POST', '/v1/worker/progress', undefined, { raw });
   }
 
   // ---------------------------------------------------------------- operators and readers
 
   async submit(jobs: JobSpec[]) {
+    // A job id chosen here makes the submission safe to repeat after a lost answer.
+    const items = jobs.map((j, i) =>
+      task(
+        j.type,
+        j.payload,
+        { jobId: newId(), ...wireOptions(j.options, `jobs[${i}].options`) },
+        `jobs[${i}]`,
+      ),
+    );
     const out: Array<{ jobId: string; rootTaskId: string }> = [];
-    for (let i = 0; i < jobs.length; i += 1000) {
-      const body = jobs.slice(i, i + 1000).map((j, k) => ({
-        type: j.type,
-        payload: j.payload,
-        // A job id chosen here makes the submission safe to repeat after a lost answer.
-        options: { jobId: newId(), ...wireOptions(j.options, `jobs[${i + k}].options`) },
-      }));
-      const r = await this.post<{ jobs: Array<{ jobId: string; rootTaskId: string }> }>('/v1/jobs', {
-        jobs: body,
-      });
+    // One request, one transaction, unless the jobs exceed what one request may carry (1,000
+    // jobs; the body limit): then several, each idempotent by its jobs' ids.
+    for (const chunk of chunks(items, 1000, SUBMIT_BYTES)) {
+      const r = await this.transport.call<{ jobs: Array<{ jobId: string; rootTaskId: string }> }>(
+        'POST',
+        '/v1/jobs',
+        undefined,
+        { raw: `{"jobs":[${chunk.join(',')}]}` },
+      );
       for (const j of r.jobs) out.push({ jobId: j.jobId, rootTaskId: j.rootTaskId });
     }
     return out;
