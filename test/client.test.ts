@@ -167,6 +167,24 @@ describe('the same handlers in-process and against a server', () => {
   }
 
   for (const mode of ['in-process', 'remote'] as const) {
+    it(`${mode}: a subscription made before a submission sees all of its job's events`, async () => {
+      const dt = await openIn(mode);
+      dt.handle('ok', async () => 1);
+      await dt.start();
+      const events: DynataskEvent[] = [];
+      const unsubscribe = dt.subscribe((e) => events.push(e));
+      const job = await dt.submit('ok', null);
+      await job.result();
+      while (!events.some((e) => e.kind === 'job')) await new Promise((r) => setTimeout(r, 5));
+      unsubscribe();
+      const seen = events
+        .filter((e) => e.jobId === job.id)
+        .map((e) => (e.kind === 'task' ? e.state : `job ${e.kind === 'job' ? e.state : ''}`));
+      expect(seen).toEqual(['queued', 'running', 'succeeded', 'job succeeded']);
+    });
+  }
+
+  for (const mode of ['in-process', 'remote'] as const) {
     it(`${mode}: retries a failed task, cancels a running one, delivers events`, async () => {
       // A remote handler learns of its cancellation at its next heartbeat: a third of the lease.
       const dt = await openIn(mode, 1500);

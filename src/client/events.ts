@@ -7,15 +7,18 @@ import type { DynataskEvent } from '../engine/types.js';
 import type { Transport } from './transport.js';
 
 /**
- * Reads an SSE stream of `path` into `listener` until the returned function is called.
- * Reconnects after errors, unless the server answers that the stream does not exist (404).
+ * Reads an SSE stream of `path` into `listener` until `stop` is called. Reconnects after
+ * errors, unless the server answers that the stream does not exist (404). `opened` resolves
+ * once the first connection is made (or given up).
  */
 export function streamEvents(
   transport: Transport,
   path: string,
   listener: (e: DynataskEvent) => void,
-): () => void {
+): { stop: () => void; opened: Promise<void> } {
   const abort = new AbortController();
+  let open!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
   void (async () => {
     for (let failures = 0; !abort.signal.aborted; ) {
       try {
@@ -30,6 +33,7 @@ export function streamEvents(
         });
         if (res.statusCode === 404 || res.statusCode === 405) {
           await res.body.dump();
+          open();
           return;
         }
         if (res.statusCode !== 200) {
@@ -37,6 +41,7 @@ export function streamEvents(
           throw new Error(`event stream ${path}: HTTP ${res.statusCode}`);
         }
         failures = 0;
+        open();
         let buffer = '';
         let data: string[] = [];
         res.body.setEncoding('utf8');
@@ -61,12 +66,13 @@ export function streamEvents(
           }
         }
       } catch {
-        if (abort.signal.aborted) return;
+        if (abort.signal.aborted) break;
       }
-      if (abort.signal.aborted) return;
+      if (abort.signal.aborted) break;
       failures++;
       await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)));
     }
+    open();
   })();
-  return () => abort.abort();
+  return { stop: () => abort.abort(), opened };
 }

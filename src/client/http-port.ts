@@ -158,6 +158,8 @@ export class HttpPort implements DynataskPort {
   /** Names this process's worker to the server, so its types show as served. */
   private readonly workerId = `${hostname()}:${process.pid}:${newId()}`;
   private readonly streams = new Set<() => void>();
+  /** Event streams being connected; submissions wait for them (see `subscribe`). */
+  private connecting: Promise<void> = Promise.resolve();
 
   constructor(opts: HttpPortOptions) {
     this.transport = new Transport(opts);
@@ -374,6 +376,7 @@ export class HttpPort implements DynataskPort {
   // ---------------------------------------------------------------- operators and readers
 
   async submit(jobs: JobSpec[]) {
+    await this.connecting;
     // A job id chosen here makes the submission safe to repeat after a lost answer.
     const items = jobs.map((j, i) =>
       task(
@@ -470,8 +473,13 @@ export class HttpPort implements DynataskPort {
 
   subscribe(listener: (e: DynataskEvent) => void, jobId?: string): () => void {
     const path = jobId ? `/v1/jobs/${encodeURIComponent(jobId)}/events` : '/v1/events';
-    const stop = streamEvents(this.transport, path, listener);
+    const { stop, opened } = streamEvents(this.transport, path, listener);
     this.streams.add(stop);
+    // In-process, a subscription sees every later transition. Here the stream connects
+    // asynchronously: the next submission waits for it (a second at most), so a job submitted
+    // right after subscribing has all its events.
+    const connecting = Promise.race([opened, new Promise<void>((r) => setTimeout(r, 1000).unref())]);
+    this.connecting = Promise.all([this.connecting, connecting]).then(() => {});
     return () => {
       stop();
       this.streams.delete(stop);
