@@ -559,7 +559,7 @@ describe('HTTP server operations', () => {
     }
   });
 
-  it('close() answers parked long polls empty; /readyz is 503 when the store does not answer', async () => {
+  it('close() answers parked long polls empty; /readyz and other calls are 503 when the store does not answer', async () => {
     const s = await startServer();
     const poll = s.call('POST', '/v1/worker/claim', { types: ['never'], limit: 1, waitMs: 30_000 });
     while (!/dynatask_claim_long_polls 1\b/.test((await s.call('GET', '/metrics')).body)) {}
@@ -574,6 +574,10 @@ describe('HTTP server operations', () => {
       const r = await t.call('GET', '/readyz');
       expect(r.status).toBe(503);
       expect(r.body.error.code).toBe('unavailable');
+      // Any call that needs the store: 503, which clients retry, not a 500.
+      const q = await t.call('GET', '/v1/jobs');
+      expect(q.status).toBe(503);
+      expect(q.headers.get('retry-after')).toBe('1');
     } finally {
       await t.server.close();
     }

@@ -5,6 +5,7 @@
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ConflictError, NotFoundError, StaleAttemptError, ValidationError } from '../engine/errors.js';
+import { isConnectionError } from '../store/postgres/postgres-store.js';
 
 /** The error codes of the contract (docs/http-api.md). */
 export type ErrorCode =
@@ -129,7 +130,31 @@ export function toErrorReply(err: unknown): { status: number; body: ErrorBody; i
       status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
     return { status, body: body(code, fe.message ?? 'bad request'), internal: false };
   }
+  if (isUnavailable(err))
+    return {
+      status: 503,
+      body: body('unavailable', `the database is unavailable; retry (${(err as Error).message})`),
+      internal: false,
+    };
   return { status: 500, body: body('internal', 'internal error (logged by the server)'), internal: true };
+}
+
+/**
+ * The database did not answer, or not yet: a broken or refused PostgreSQL connection, a commit
+ * whose outcome is unknown, SQLite busy past its timeout, or a store closed by shutdown. The
+ * client may retry (every call is safe to repeat), here or on another server.
+ */
+function isUnavailable(err: unknown): boolean {
+  if (isConnectionError(err)) return true;
+  const e = err as { name?: unknown; code?: unknown; message?: unknown };
+  if (e?.name === 'CommitOutcomeUnknownError') return true;
+  if (e?.code === 'SQLITE_BUSY' || e?.code === 'SQLITE_LOCKED') return true;
+  return (
+    typeof e?.message === 'string' &&
+    /the dynatask store is closed|database connection is not open|Cannot use a pool after calling end/i.test(
+      e.message,
+    )
+  );
 }
 
 /** Installs the error and not-found handlers that give every error the contract's shape. */
@@ -138,6 +163,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
     const r = toErrorReply(err);
     if (r.internal) req.log.error({ err }, 'request failed');
     else if (r.status >= 500) req.log.warn({ err }, 'request failed');
+    if (r.status === 503) void reply.header('retry-after', '1');
     void reply.code(r.status).send(r.body);
   });
   app.setNotFoundHandler((req: FastifyRequest, reply: FastifyReply) => {

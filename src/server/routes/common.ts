@@ -35,12 +35,15 @@ const DESCRIPTIONS: Record<number, string> = {
   409: 'stale_attempt: the token no longer holds the task; or conflict',
   413: 'payload_too_large: the body is over the limit',
   415: 'unsupported_media_type: the body is not JSON',
-  503: 'unavailable: shutting down, or the database is unreachable',
+  503: 'unavailable: the database is unreachable or busy, or the server is shutting down; retry',
 };
 
-/** Response schemas of the error statuses a route can answer. */
+/** Response schemas of the error statuses a route can answer (and 503, which every route can). */
 export function errors(...statuses: number[]): Record<number, typeof ErrorBody> {
   return Object.fromEntries(
-    statuses.map((s) => [s, { ...ErrorBody, description: DESCRIPTIONS[s] ?? 'error' }]),
+    [...new Set([...statuses, 503])].map((s) => [
+      s,
+      { ...ErrorBody, description: DESCRIPTIONS[s] ?? 'error' },
+    ]),
   ) as Record<number, typeof ErrorBody>;
 }
