@@ -280,6 +280,22 @@ describe('HTTP API', () => {
     expect(Date.now() - started).toBeLessThan(20_000);
   });
 
+  it('a long poll waiting on a concurrency-limited type neither spins nor misses the freed slot', async () => {
+    await s.call('POST', '/v1/worker/types', { types: [{ type: 'limited', concurrency: 1 }] });
+    await submit(s, 'limited');
+    await submit(s, 'limited');
+    const first = await claimOne(s, 'limited');
+    const claims = async () =>
+      Number(/dynatask_claim_duration_seconds_count (\d+)/.exec((await s.call('GET', '/metrics')).body)![1]);
+    const before = await claims();
+    const blocked = await s.call('POST', '/v1/worker/claim', { types: ['limited'], limit: 1, waitMs: 500 });
+    expect(blocked.body.tasks).toEqual([]);
+    expect((await claims()) - before).toBeLessThan(10); // a few looks in 500 ms, not a busy loop
+    const poll = s.call('POST', '/v1/worker/claim', { types: ['limited'], limit: 1, waitMs: 20_000 });
+    await s.call('POST', '/v1/worker/report', { completed: [{ id: first.id, token: first.token }] });
+    expect((await poll).body.tasks).toHaveLength(1);
+  });
+
   it('a long poll answers empty at waitMs', async () => {
     const r = await s.call('POST', '/v1/worker/claim', { types: ['nothing'], limit: 1, waitMs: 50 });
     expect(r.body).toEqual({ tasks: [] });

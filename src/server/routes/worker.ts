@@ -29,6 +29,9 @@ import {
 import { claimedTask } from '../views.js';
 import { errors, type Typed } from './common.js';
 
+/** How soon a long poll looks again at due tasks that a concurrency limit held back. */
+const BLOCKED_RECHECK_MS = 200;
+
 /** A per-item error of a batched answer. */
 function itemError(e: unknown): { error: { code: string; message: string } } {
   const r = toErrorReply(e);
@@ -81,25 +84,28 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       // A client that hangs up ends its wait, so it cannot claim tasks nobody will run.
       const gone = new AbortController();
       reply.raw.once('close', () => gone.abort());
-      metrics.longPolls.inc();
-      try {
-        for (;;) {
-          const reg = ctx.wakeups.register(namespace, b.types);
+      for (;;) {
+        const reg = ctx.wakeups.register(namespace, b.types);
+        try {
+          const claimed = await timedClaim(namespace, b.types, b.limit, b.leaseMs);
+          if (claimed.length || Date.now() >= deadline || ctx.draining || gone.signal.aborted)
+            return { tasks: view(claimed) };
+          // Tasks due later (delays, backoffs) wake nobody: their run_at is the next deadline. A
+          // task already due that the claim passed over is held back by a concurrency limit,
+          // and a freed slot wakes nobody either: look again soon, but do not spin.
+          const due = await engine.nextRunAt(namespace, b.types);
+          const now = Date.now();
+          const recheck = due === null ? Number.POSITIVE_INFINITY : Math.max(due, now + BLOCKED_RECHECK_MS);
+          metrics.longPolls.inc();
           try {
-            const claimed = await timedClaim(namespace, b.types, b.limit, b.leaseMs);
-            if (claimed.length || Date.now() >= deadline || ctx.draining || gone.signal.aborted)
-              return { tasks: view(claimed) };
-            // Tasks due later (delays, backoffs) wake nobody: their run_at is the next deadline.
-            const due = await engine.nextRunAt(namespace, b.types);
-            const next = Math.min(deadline, Date.now() + ctx.pollMs, due ?? Number.POSITIVE_INFINITY);
-            await reg.until(next, gone.signal);
+            await reg.until(Math.min(deadline, now + ctx.pollMs, recheck), gone.signal);
           } finally {
-            reg.dispose();
+            metrics.longPolls.dec();
           }
-          if (ctx.draining || gone.signal.aborted) return { tasks: [] };
+        } finally {
+          reg.dispose();
         }
-      } finally {
-        metrics.longPolls.dec();
+        if (ctx.draining || gone.signal.aborted) return { tasks: [] };
       }
     },
   );
