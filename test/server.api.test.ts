@@ -218,6 +218,11 @@ describe('HTTP API', () => {
     const cancel = await s.call('POST', `/v1/jobs/${job.jobId}/cancel`, { reason: 'enough' });
     expect(cancel.body).toEqual({ cancelled: true });
     expect((await s.call('POST', `/v1/jobs/${job.jobId}/cancel`, {})).body).toEqual({ cancelled: false });
+    expect(
+      (await s.call('POST', '/v1/worker/heartbeat', { items: [{ id: p.id, token: resumed.token }] })).body,
+    ).toEqual({
+      items: ['cancelled'],
+    });
     // The parent's attempt was cancelled: its token is stale for single-task calls.
     const late = await s.call('POST', '/v1/worker/progress', { id: p.id, token: resumed.token, progress: 1 });
     expect(late.status).toBe(409);

@@ -122,6 +122,9 @@ export class EventStreams {
   }
 }
 
+/** The first bytes of a stream: a comment, and how soon an EventSource reconnects after a drop. */
+const CONNECTED = ': connected\nretry: 2000\n\n';
+
 const SSE_HEADERS = {
   'content-type': 'text/event-stream; charset=utf-8',
   'cache-control': 'no-cache, no-transform',
@@ -156,7 +159,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
     (req, reply) => {
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
-      reply.raw.write(': connected\n\n');
+      reply.raw.write(CONNECTED);
       streams.open(reply.raw, undefined, kindsOf(req.query.kinds));
     },
   );
@@ -191,7 +194,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
         if (!job) throw new NotFoundError(`job ${jobId} not found`);
         reply.hijack();
         reply.raw.writeHead(200, SSE_HEADERS);
-        reply.raw.write(': connected\n\n');
+        reply.raw.write(CONNECTED);
         const s = streams.open(reply.raw, jobId, kinds);
         if (job.state !== 'running' && kinds.has('job') && !pending.some((e) => e.kind === 'job'))
           streams.send(s, { kind: 'job', jobId, state: job.state, at: job.settled_at ?? job.created_at });
