@@ -21,6 +21,9 @@ import { opsRoutes } from './routes/ops.js';
 import { workerRoutes } from './routes/worker.js';
 import { Wakeups } from './wakeups.js';
 
+/** Expired leases failed per sweeper transaction. */
+const SWEEP_BATCH = 1000;
+
 /** Default request body limit: 1 MiB. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 
@@ -166,8 +169,11 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
       if (sweeping) return;
       sweeping = true;
       try {
-        const n = await engine.expireLeases();
-        if (n) metrics.leaseExpiries.inc(n);
+        // A full batch means more may have expired (a worker holding many tasks died).
+        for (let n = SWEEP_BATCH; n === SWEEP_BATCH && !draining; ) {
+          n = await engine.expireLeases(SWEEP_BATCH);
+          if (n) metrics.leaseExpiries.inc(n);
+        }
       } catch (err) {
         app.log.error({ err }, 'lease sweeper');
       } finally {
