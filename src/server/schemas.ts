@@ -378,9 +378,12 @@ export const HeartbeatReply = Type.Object(
 );
 
 /** A per-item failure inside a batched answer. */
-const ItemError = Type.Object({
-  error: Type.Object({ code: Type.String(), message: Type.String() }),
-});
+const ItemError = Type.Object(
+  {
+    error: Type.Object({ code: Type.String(), message: Type.String() }),
+  },
+  { title: 'ItemError' },
+);
 
 export const WaitBody = Type.Object(
   {
@@ -413,8 +416,11 @@ export const WaitReply = Type.Object(
   {
     items: Type.Array(
       Type.Union([
-        Type.Object({ suspended: Type.Literal(true) }),
-        Type.Object({ suspended: Type.Literal(false), outcomes: Type.Array(Outcome) }),
+        Type.Object({ suspended: Type.Literal(true) }, { title: 'WaitSuspended' }),
+        Type.Object(
+          { suspended: Type.Literal(false), outcomes: Type.Array(Outcome) },
+          { title: 'WaitOutcomes' },
+        ),
         ItemError,
       ]),
     ),
@@ -457,7 +463,12 @@ export const TaskHandle = Type.Object(
 );
 export const SpawnReply = Type.Object(
   {
-    items: Type.Array(Type.Union([Type.Object({ children: Type.Array(TaskHandle) }), ItemError])),
+    items: Type.Array(
+      Type.Union([
+        Type.Object({ children: Type.Array(TaskHandle) }, { title: 'SpawnedChildren' }),
+        ItemError,
+      ]),
+    ),
   },
   { title: 'SpawnResult' },
 );
