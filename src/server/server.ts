@@ -161,13 +161,26 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
   opsRoutes(app, ctx);
   await app.ready();
 
+  // Background work: each job runs one at a time, and close() waits for a run in progress,
+  // so the store is never closed under it.
   const timers: NodeJS.Timeout[] = [];
-  if (opts.sweepLeases ?? true) {
-    const every = Math.max(50, Math.min(5000, Math.floor(engine.leaseMs / 2)));
-    let sweeping = false;
-    const sweep = setInterval(async () => {
-      if (sweeping) return;
-      sweeping = true;
+  const running = new Set<Promise<void>>();
+  const every = (ms: number, job: () => Promise<void>) => {
+    let busy = false;
+    const t = setInterval(() => {
+      if (busy || draining) return;
+      busy = true;
+      const run = job().finally(() => {
+        busy = false;
+        running.delete(run);
+      });
+      running.add(run);
+    }, ms);
+    t.unref();
+    timers.push(t);
+  };
+  if (opts.sweepLeases ?? true)
+    every(Math.max(50, Math.min(5000, Math.floor(engine.leaseMs / 2))), async () => {
       try {
         // A full batch means more may have expired (a worker holding many tasks died).
         for (let n = SWEEP_BATCH; n === SWEEP_BATCH && !draining; ) {
@@ -176,19 +189,13 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
         }
       } catch (err) {
         app.log.error({ err }, 'lease sweeper');
-      } finally {
-        sweeping = false;
       }
-    }, every);
-    timers.push(sweep);
-  }
-  const refresh = setInterval(() => {
-    types.refresh().catch((err) => app.log.warn({ err }, 'reloading type settings'));
+    });
+  every(10_000, async () => {
     const old = Date.now() - 60_000;
     for (const [k, t] of touched) if (t < old) touched.delete(k);
-  }, 10_000);
-  timers.push(refresh);
-  for (const t of timers) t.unref();
+    await types.refresh().catch((err) => app.log.warn({ err }, 'reloading type settings'));
+  });
 
   let closing: Promise<void> | undefined;
   return {
@@ -207,6 +214,7 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
         wakeups.close();
         streams.closeAll();
         await app.close();
+        await Promise.all(running);
       })();
       return closing;
     },
