@@ -17,6 +17,7 @@ interface ServerCliOptions {
   token: string[];
   bodyLimit: number;
   leaseMs?: number;
+  graceMs: number;
   logLevel: string;
 }
 
@@ -95,7 +96,17 @@ async function serve(opts: ServerCliOptions): Promise<number> {
   }
   const signal = await stop;
   log.info({ signal }, 'draining: claims answer empty, requests in flight finish');
+  // Requests that do not finish within the grace (a stuck database) are cut off.
+  const force = setTimeout(() => {
+    log.warn(
+      { graceMs: opts.graceMs },
+      'requests still in flight after the grace: closing their connections',
+    );
+    server.app.server.closeAllConnections();
+  }, opts.graceMs);
+  force.unref();
   await server.close();
+  clearTimeout(force);
   await dt.close();
   log.info('dynatask server stopped');
   return 0;
@@ -125,6 +136,7 @@ export function serverCommand(cli: Command, setExitCode: (code: number) => void)
       DEFAULT_BODY_LIMIT,
     )
     .option('--lease-ms <ms>', 'lease of a claimed task unless the worker asks for another', ms)
+    .option('--grace-ms <ms>', 'on SIGTERM, how long requests in flight may take to finish', ms, 30_000)
     .option('--log-level <level>', 'pino log level: fatal, error, warn, info, debug, trace, silent', 'info')
     .action(async (opts: ServerCliOptions) => setExitCode(await serve(opts)));
 }
