@@ -1,8 +1,10 @@
 /**
  * `dynatask server` as a real child process: a job runs through it, SIGTERM arrives while a
  * claim long-polls and a worker holds tasks; the process drains and exits 0, and a server
- * started again on the same SQLite file finishes the job with nothing lost or run twice.
+ * started again on the same SQLite file finishes the job with nothing lost or run twice. And
+ * bad configuration is refused with exit 1 and a message.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,3 +66,22 @@ it('SIGTERM mid-claim: drains, exits 0, and no task is lost', async () => {
   second.child.kill('SIGINT');
   expect(await second.exited).toEqual({ code: 0, signal: null });
 }, 60_000);
+
+it('refuses bad configuration with exit 1 and a message: tokens, an http:// database', async () => {
+  const cli = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'test/fixtures/cli.ts', 'server', '--port', '0', ...args],
+      {
+        cwd: new URL('..', import.meta.url),
+        env: { ...process.env, ...env },
+        encoding: 'utf8',
+      },
+    );
+  const bad = cli(['--database', join(dir, 'x.db')], { DYNATASK_TOKENS: 'ci:root:0123456789abcdef' });
+  expect(bad.status).toBe(1);
+  expect(bad.stderr).toContain('$DYNATASK_TOKENS: token "ci": unknown scope "root"');
+  const remote = cli(['--database', 'http://127.0.0.1:7077']);
+  expect(remote.status).toBe(1);
+  expect(remote.stderr).toContain('the server needs a database, not another server');
+});
