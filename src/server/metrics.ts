@@ -8,8 +8,6 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Store } from '../store/store.js';
 
 /** A grouped count of tasks, if the store offers one (see the report of the HTTP server work). */
-type TaskCounts = () => Promise<Array<{ namespace: string; type: string; state: string; n: number }>>;
-
 export class Metrics {
   readonly registry = new Registry();
   readonly httpRequests = new Counter({
@@ -73,26 +71,18 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(store: Store, namespaces: () => Iterable<string>) {
-    const counts = (store as Store & { countTasks?: TaskCounts }).countTasks?.bind(store);
+  constructor(store: Store) {
     new Gauge({
       name: 'dynatask_tasks',
-      help: counts
-        ? 'Tasks by namespace, type and state'
-        : 'Queued tasks by namespace and type (namespaces this server has seen)',
+      help: 'Queued and running tasks by namespace and type, across every process on the database',
       labelNames: ['namespace', 'type', 'state'] as const,
       registers: [this.registry],
-      // At scrape time: one grouped query, so the figure holds across every process.
+      // At scrape time: one grouped query over the two partial indexes, so the figure holds
+      // across every process and stays cheap however many settled tasks the table holds.
       async collect() {
         this.reset();
-        if (counts) {
-          for (const c of await counts())
-            this.set({ namespace: c.namespace, type: c.type, state: c.state }, c.n);
-          return;
-        }
-        for (const ns of namespaces())
-          for (const q of await store.queuedByType(ns))
-            this.set({ namespace: ns, type: q.type, state: 'queued' }, q.n);
+        for (const c of await store.countTasks())
+          this.set({ namespace: c.namespace, type: c.type, state: c.state }, c.n);
       },
     });
   }

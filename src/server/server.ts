@@ -8,7 +8,7 @@ import swagger from '@fastify/swagger';
 import { type TypeBoxTypeProvider, TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyReply, type FastifyServerOptions, LogController } from 'fastify';
 import type { Dynatask } from '../dynatask.js';
-import { DEFAULTS, type Engine } from '../engine/engine.js';
+import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
 import { hoistTitledSchemas } from './components.js';
 import { type ServerContext, TypeSettings } from './context.js';
@@ -85,7 +85,7 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
   const store = engine.store;
   const auth = new Auth(opts.tokens ?? []);
   const types = new TypeSettings(engine, store);
-  const metrics = new Metrics(store, () => new Set([DEFAULTS.namespace, ...types.namespaces()]));
+  const metrics = new Metrics(store);
   const wakeups = new Wakeups(engine, store);
   const touched = new Map<string, number>();
   let draining = false;

@@ -318,6 +318,12 @@ export interface Store {
   getStep(jobId: string, taskId: string, name: string): Promise<string | undefined>;
   /** Queued task counts by type. */
   queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>>;
+  /**
+   * Queued and running tasks by namespace and type, in every namespace: the states a
+   * partial index covers, so counting stays cheap however many settled tasks the table holds
+   * (for metrics; settled tasks are counted as they settle).
+   */
+  countTasks(): Promise<Array<{ namespace: string; type: string; state: 'queued' | 'running'; n: number }>>;
   /** Records that a worker serving `types` is alive. */
   touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void>;
   removeWorker(id: string): Promise<void>;

@@ -391,6 +391,10 @@ export class PostgresStore implements Store {
     return this.rows(this.ctx.q.queuedByType, [namespace]);
   }
 
+  countTasks(): Promise<Array<{ namespace: string; type: string; state: 'queued' | 'running'; n: number }>> {
+    return this.rows(this.ctx.q.countTasks, []);
+  }
+
   async touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void> {
     await this.query(this.ctx.q.touchWorker, [id, namespace, types, now]);
   }

@@ -203,6 +203,13 @@ export function queries(s: string) {
     queuedByType: `SELECT type, count(*)::integer AS n FROM ${s}.tasks
       WHERE namespace = $1 AND state = 'queued' GROUP BY type`,
 
+    /** Queued and running tasks by namespace and type (each state read from its partial index). */
+    countTasks: `SELECT namespace, type, 'queued' AS state, count(*)::integer AS n FROM ${s}.tasks
+        WHERE state = 'queued' GROUP BY namespace, type
+      UNION ALL
+      SELECT namespace, type, 'running' AS state, count(*)::integer AS n FROM ${s}.tasks
+        WHERE state = 'running' GROUP BY namespace, type`,
+
     // ------------------------------------------------------------------ dependencies, attempts, steps
 
     /** $1..$3: arrays of job_id, depends_on, task_id. */

@@ -603,6 +603,17 @@ export class SqliteStore implements Store {
     );
   }
 
+  countTasks() {
+    return this.read(
+      () =>
+        this.st(
+          `SELECT namespace, type, 'queued' AS state, count(*) AS n FROM tasks WHERE state = 'queued' GROUP BY namespace, type
+           UNION ALL
+           SELECT namespace, type, 'running' AS state, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY namespace, type`,
+        ).all() as Array<{ namespace: string; type: string; state: 'queued' | 'running'; n: number }>,
+    );
+  }
+
   queuedByType(namespace: string) {
     return this.read(
       () =>
