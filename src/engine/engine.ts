@@ -726,6 +726,34 @@ export class Engine {
     await tx.updateTasks(patches);
   }
 
+  /**
+   * Gives claimed tasks back: queued again at once, as if never claimed, without counting an
+   * attempt. For a claim whose answer nobody received (the worker hung up) and for a worker
+   * that stops before running what it holds. Per item, whether the attempt still held it.
+   */
+  async release(items: AttemptRef[]): Promise<boolean[]> {
+    if (!items.length) return [];
+    return this.run(async (tx, b) => {
+      const held = await this.heldRows(tx, items);
+      const patches: TaskPatch[] = [];
+      for (const row of held.values()) {
+        releaseSlots(b, row);
+        patches.push({
+          id: row.id,
+          state: 'queued',
+          run_at: b.now,
+          lease_expires_at: null,
+          started_at: null,
+          slots_held: 0,
+        });
+        b.taskEvent(row, 'queued');
+        b.ready(row);
+      }
+      await tx.updateTasks(patches);
+      return items.map((i) => held.has(i.id));
+    });
+  }
+
   /** Renews the leases of running attempts; reports, per item, `ok`, `cancelled` or `lost`. */
   async heartbeat(items: AttemptRef[], leaseMs = this.leaseMs): Promise<Array<'ok' | 'cancelled' | 'lost'>> {
     return this.run(async (tx, b) => {

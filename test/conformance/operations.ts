@@ -79,6 +79,29 @@ export function operationTests(h: Harness): void {
     });
   });
 
+  describe('releasing a claimed task', () => {
+    it('puts it back in the queue without counting an attempt; the old token is stale', async () => {
+      const dt = await h.open();
+      const job = await dt.submit('manual', null, { concurrency: { key: 'k', limit: 1 } });
+      const [c] = await dt.engine.claim(dt.namespace, ['manual'], 1);
+      const ref = { id: c!.row.id, token: c!.token };
+      expect(await dt.engine.release([ref, { id: newId(), token: 1 }])).toEqual([true, false]);
+      expect(await dt.getTask(job.rootTaskId)).toMatchObject({
+        state: 'queued',
+        attempt: 1,
+        startedAt: null,
+      });
+      // Its concurrency slot was freed: it can be claimed again at once.
+      const [again] = await dt.engine.claim(dt.namespace, ['manual'], 1);
+      expect(again!.row).toMatchObject({ id: ref.id, attempt: 1 });
+      expect(again!.token).not.toBe(ref.token);
+      expect(await dt.engine.release([ref])).toEqual([false]);
+      expect(await dt.engine.complete([{ id: ref.id, token: again!.token, result: 'done' }])).toEqual([true]);
+      expect((await settled(dt, job)).result).toBe('done');
+      expect((await dt.getTask(job.rootTaskId)).attempts).toEqual([]);
+    });
+  });
+
   describe('retrying a failed task', () => {
     it('a failed one-task job runs again with a fresh budget and succeeds; its history stays', async () => {
       const dt = await h.open();

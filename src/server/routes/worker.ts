@@ -88,6 +88,11 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
         const reg = ctx.wakeups.register(namespace, b.types);
         try {
           const claimed = await timedClaim(namespace, b.types, b.limit, b.leaseMs);
+          if (claimed.length && gone.signal.aborted) {
+            // Nobody will receive these: give them back now rather than after their lease.
+            await engine.release(claimed.map((c) => ({ id: c.row.id, token: c.token })));
+            return { tasks: [] };
+          }
           if (claimed.length || Date.now() >= deadline || ctx.draining || gone.signal.aborted)
             return { tasks: view(claimed) };
           // Tasks due later (delays, backoffs) wake nobody: their run_at is the next deadline. A
