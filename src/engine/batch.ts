@@ -68,5 +68,8 @@ export function releaseSlots(
   if (row.state !== 'running') return;
   if (row.slots_held & SLOT_TYPE) b.slot(row.namespace, typeSlot(row.type), -1);
   if (row.slots_held & SLOT_KEY && row.concurrency_key) b.slot(row.namespace, row.concurrency_key, -1);
+  // A freed slot may let a queued task of this type run: wake its workers, as new work would.
+  // (Other types sharing the concurrency key find out at their next poll.)
+  if (row.slots_held) b.ready(row);
   row.slots_held = 0;
 }
