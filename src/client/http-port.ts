@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from '../engine/engine.js';
-import { StaleAttemptError, ValidationError } from '../engine/errors.js';
+import { NotFoundError, StaleAttemptError, ValidationError } from '../engine/errors.js';
 import { newId } from '../engine/ids.js';
 import type {
   ClaimQuery,
@@ -60,6 +60,17 @@ const WAIT_IDS = 20_000;
 const SUBMIT_BYTES = 512 * 1024;
 /** Bytes of outcomes per report request: well within the server's default body limit (1 MiB). */
 const REPORT_BYTES = 512 * 1024;
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * An id for a path. One that is no UUID names nothing, so it is not found, as in-process (the
+ * server would refuse it as malformed instead).
+ */
+function idPath(id: string, what: 'job' | 'task'): string {
+  if (typeof id !== 'string' || !UUID.test(id)) throw new NotFoundError(`${what} ${id} not found`);
+  return id;
+}
 
 /** A task to create, serialised; a payload JSON cannot hold is bad input, as in-process. */
 function task(type: string, payload: unknown, options: Record<string, unknown>, where: string): string {
@@ -153,6 +164,8 @@ export interface HttpPortOptions extends TransportOptions {
 
 export class HttpPort implements DynataskPort {
   readonly longPoll = true;
+  /** A running handler learns of its task's cancellation within this (one request for all). */
+  readonly cancelPollMs = 1000;
   readonly leaseMs: number;
   readonly transport: Transport;
   /** Names this process's worker to the server, so its types show as served. */
@@ -402,7 +415,7 @@ export class HttpPort implements DynataskPort {
   }
 
   getJob(jobId: string): Promise<JobInfo> {
-    return this.transport.call('GET', `/v1/jobs/${encodeURIComponent(jobId)}`);
+    return this.transport.call('GET', `/v1/jobs/${idPath(jobId, 'job')}`);
   }
 
   async listJobs(q: JobQuery): Promise<JobSummary[]> {
@@ -422,13 +435,13 @@ export class HttpPort implements DynataskPort {
   }
 
   getTask(taskId: string): Promise<TaskInfo> {
-    return this.transport.call('GET', `/v1/tasks/${encodeURIComponent(taskId)}`);
+    return this.transport.call('GET', `/v1/tasks/${idPath(taskId, 'task')}`);
   }
 
   tree(jobId: string, after: string | null, limit: number) {
     return this.transport.call<{ tasks: TaskInfo[]; next: string | null }>(
       'GET',
-      `/v1/jobs/${encodeURIComponent(jobId)}/tasks${query({ after: after ?? undefined, limit })}`,
+      `/v1/jobs/${idPath(jobId, 'job')}/tasks${query({ after: after ?? undefined, limit })}`,
     );
   }
 
@@ -442,18 +455,18 @@ export class HttpPort implements DynataskPort {
 
   async cancelJob(jobId: string, reason?: string): Promise<boolean> {
     const body = reason === undefined ? {} : { reason };
-    const r = await this.post<{ cancelled: boolean }>(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, body);
+    const r = await this.post<{ cancelled: boolean }>(`/v1/jobs/${idPath(jobId, 'job')}/cancel`, body);
     return r.cancelled;
   }
 
   async cancelTask(taskId: string, reason?: string): Promise<boolean> {
     const body = reason === undefined ? {} : { reason };
-    const r = await this.post<{ cancelled: boolean }>(`/v1/tasks/${encodeURIComponent(taskId)}/cancel`, body);
+    const r = await this.post<{ cancelled: boolean }>(`/v1/tasks/${idPath(taskId, 'task')}/cancel`, body);
     return r.cancelled;
   }
 
   async retryTask(taskId: string): Promise<void> {
-    await this.post(`/v1/tasks/${encodeURIComponent(taskId)}/retry`, {});
+    await this.post(`/v1/tasks/${idPath(taskId, 'task')}/retry`, {});
   }
 
   async purge(): Promise<number> {
@@ -472,7 +485,9 @@ export class HttpPort implements DynataskPort {
   }
 
   subscribe(listener: (e: DynataskEvent) => void, jobId?: string): () => void {
-    const path = jobId ? `/v1/jobs/${encodeURIComponent(jobId)}/events` : '/v1/events';
+    // An id that is no UUID names no job: no events, as in-process.
+    if (jobId !== undefined && !UUID.test(jobId)) return () => {};
+    const path = jobId ? `/v1/jobs/${jobId}/events` : '/v1/events';
     const { stop, opened } = streamEvents(this.transport, path, listener);
     this.streams.add(stop);
     // In-process, a subscription sees every later transition. Here the stream connects

@@ -86,6 +86,11 @@ export interface WorkerPort {
   onReady?(namespace: string, types: string[], listener: () => void): () => void;
   /** Calls `listener` with running tasks just cancelled, so local handlers abort at once. */
   onCancelled?(listener: (taskIds: string[]) => void): () => void;
+  /**
+   * Longest time between heartbeats while handlers run, when a port has no `onCancelled`:
+   * heartbeats are then how a handler learns that its task was cancelled.
+   */
+  readonly cancelPollMs?: number;
 
   /** Spawns children of a running task; `keys[i]` is the idempotency key of `specs[i]`. */
   spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]>;

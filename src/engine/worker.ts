@@ -99,7 +99,12 @@ export class Worker {
       for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
     });
     if (cancelled) this.unsubscribe.push(cancelled);
-    const beat = Math.max(50, Math.floor(this.opts.leaseMs / 3));
+    // Heartbeats renew leases every third of one; without cancellation notices (a remote
+    // worker), they also tell running handlers of cancellations, so they come more often.
+    const beat = Math.max(
+      50,
+      Math.min(Math.floor(this.opts.leaseMs / 3), this.port.cancelPollMs ?? Number.POSITIVE_INFINITY),
+    );
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
     this.heartbeatTimer.unref();
     this.pump();
