@@ -186,8 +186,7 @@ describe('the same handlers in-process and against a server', () => {
 
   for (const mode of ['in-process', 'remote'] as const) {
     it(`${mode}: retries a failed task, cancels a running one, delivers events`, async () => {
-      // A remote handler learns of its cancellation at its next heartbeat: a third of the lease.
-      const dt = await openIn(mode, 1500);
+      const dt = await openIn(mode);
       let fail = true;
       dt.handle('flaky', async () => {
         if (fail) throw new NonRetryableError('first time');
