@@ -7,6 +7,8 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -446,6 +448,96 @@ describe('remote workers through failures of the server', () => {
     // Leaves in flight when the server died are still held by the worker: no attempt was lost.
     const tasks = (await dt.tree(job.id, { limit: 10_000 })).tasks;
     expect(tasks.filter((t) => t.attempt !== 1)).toEqual([]);
+  });
+});
+
+/**
+ * A proxy in front of a server that, for the first request to each of `paths`, forwards it,
+ * lets the server answer, and then cuts the connection instead of passing the answer on: the
+ * request took effect and its answer was lost.
+ */
+async function lossyProxy(target: string, paths: string[]) {
+  const cut = new Set<string>();
+  const proxy = createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const path = req.url!.split('?')[0]!;
+    const answer = await fetch(target + req.url, {
+      method: req.method!,
+      headers: {
+        'content-type': 'application/json',
+        ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+      },
+      ...(chunks.length ? { body: Buffer.concat(chunks) } : {}),
+    });
+    const body = Buffer.from(await answer.arrayBuffer());
+    if (paths.includes(path) && !cut.has(path)) {
+      cut.add(path);
+      req.socket.destroy();
+      return;
+    }
+    res.writeHead(answer.status, {
+      'content-type': answer.headers.get('content-type') ?? 'application/json',
+    });
+    res.end(body);
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise<void>((r) => proxy.close(() => r())));
+  proxy.closeIdleConnections();
+  return { url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, cut };
+}
+
+describe('answers lost after the server acted', () => {
+  it('submit, spawn, wait, step, progress and report are each repeated, and take effect once', async () => {
+    const s = await server();
+    const paths = [
+      '/v1/jobs',
+      '/v1/worker/spawn',
+      '/v1/worker/wait',
+      '/v1/worker/steps/put',
+      '/v1/worker/progress',
+      '/v1/worker/report',
+    ];
+    const proxy = await lossyProxy(s.url, paths);
+    const dt = await open({ database: proxy.url });
+    cleanups.push(() => dt.close());
+    let steps = 0;
+    let runs = 0;
+    const seen: string[] = [];
+    dt.handle('parent', async (ctx) => {
+      runs++;
+      const n = await ctx.step('once', () => ++steps);
+      await ctx.progress('half');
+      const kids = await ctx.spawnMany([1, 2, 3].map((i) => ({ type: 'kid', payload: i })));
+      const got = await ctx.waitAll<number>(kids).catch((e: Error) => {
+        seen.push(e.name); // SuspendSignal, and nothing else: a repeated wait that suspended is not stale
+        throw e;
+      });
+      return { n, sum: got.reduce((a, b) => a + b, 0) };
+    });
+    // Slow enough that the parent's first wait suspends it (the repeat then finds it waiting).
+    dt.handle('kid', async (_ctx, i) => {
+      await new Promise((r) => setTimeout(r, 200));
+      return (i as number) * 10;
+    });
+    await dt.start();
+    const job = await dt.submit('parent', null);
+    expect(await within(job.result(), 30_000, 'the job')).toEqual({ n: 1, sum: 60 });
+    // Every kind of call lost an answer once, and was repeated.
+    expect([...proxy.cut].sort()).toEqual([...paths].sort());
+    // One job, three children, one step execution: nothing happened twice.
+    expect(await s.dt.listJobs()).toHaveLength(1);
+    const tasks = (await s.dt.tree(job.id)).tasks;
+    expect(tasks.map((t) => [t.type, t.state, t.attempt])).toEqual([
+      ['parent', 'succeeded', 1],
+      ['kid', 'succeeded', 1],
+      ['kid', 'succeeded', 1],
+      ['kid', 'succeeded', 1],
+    ]);
+    expect(steps).toBe(1);
+    expect(runs).toBe(2);
+    expect(seen).toEqual(['SuspendSignal']);
+    expect((await s.dt.getTask(job.rootTaskId)).progress).toBe('half');
   });
 });
 

@@ -360,7 +360,11 @@ export class HttpPort implements DynataskPort {
       throw e;
     }
     const out = r.items[0]!;
-    if ('error' in out) throw errorFrom(409, out);
+    if ('error' in out) {
+      const e = errorFrom(409, out);
+      if (repeated && e instanceof StaleAttemptError) return { suspended: true };
+      throw e;
+    }
     if (out.suspended) return { suspended: true };
     return { suspended: false, outcomes: out.outcomes as Outcome[] };
   }
