@@ -63,6 +63,9 @@ interface Running {
   done: boolean;
 }
 
+/** How soon an idle worker looks again at a due task that a concurrency limit held back. */
+const BLOCKED_RECHECK_MS = 200;
+
 export class Worker {
   private readonly running = new Map<string, Running>();
   private completions: Array<AttemptRef & { result: unknown }> = [];
@@ -71,6 +74,8 @@ export class Worker {
   private flushing: Promise<void> | null = null;
   /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
   private claiming: Promise<void> | false = false;
+  /** When the last claim began: tasks due before it that it did not take were held back. */
+  private claimStartedAt = 0;
   /** Ends a long-poll claim early, on stop. */
   private longPoll: AbortController | undefined;
   private stopped = true;
@@ -153,6 +158,7 @@ export class Worker {
       this.longPoll = new AbortController();
       signal = this.longPoll.signal;
     }
+    this.claimStartedAt = Date.now();
     this.claiming = this.port
       .claim(wait ? { ...q, waitMs: this.opts.longPollMs ?? 10_000 } : q, signal)
       .then((claimed) => this.claimed(claimed, want))
@@ -180,7 +186,14 @@ export class Worker {
     let delay = this.opts.pollMs;
     try {
       const next = (await this.port.nextRunAt?.(this.opts.namespace, this.types)) ?? null;
-      if (next !== null) delay = Math.min(delay, Math.max(1, next - Date.now()));
+      // A task due when the claim looked, yet passed over, is held back by a concurrency limit
+      // (or was taken by another worker): a freed slot wakes this worker, so until then look
+      // again now and then rather than in a busy loop of claims.
+      if (next !== null)
+        delay = Math.min(
+          delay,
+          next <= this.claimStartedAt ? BLOCKED_RECHECK_MS : Math.max(1, next - Date.now()),
+        );
     } catch (e) {
       this.onError(e); // the store is unreachable: poll again later
     }
@@ -300,6 +313,7 @@ export class Worker {
     const claimNow = !this.stopped && !this.claiming && want > 0;
     let claimDone!: () => void;
     if (claimNow) {
+      this.claimStartedAt = Date.now();
       this.claiming = new Promise<void>((r) => {
         claimDone = r;
       });
