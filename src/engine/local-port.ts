@@ -4,7 +4,7 @@
  * transition stays in engine.ts.
  */
 import { hostname } from 'node:os';
-import type { ClaimRow, JobRow, Store, TaskRow } from '../store/store.js';
+import type { ClaimRow, JobRow, Store } from '../store/store.js';
 import type { AttemptRef, Engine, SpawnSpec, WaitSpec } from './engine.js';
 import { NotFoundError } from './errors.js';
 import { newId } from './ids.js';
@@ -19,16 +19,8 @@ import type {
   ReportResult,
   TypeSettings,
 } from './port.js';
-import {
-  type DynataskEvent,
-  type JobInfo,
-  TASK_STATES,
-  type TaskError,
-  type TaskInfo,
-  type TaskState,
-} from './types.js';
-
-const parse = (s: string | null) => (s === null ? null : JSON.parse(s));
+import type { DynataskEvent, JobInfo, TaskError, TaskInfo } from './types.js';
+import { jobInfo, jobSummary, parseJson, taskInfo } from './views.js';
 
 function portTask(row: ClaimRow, token: number): PortTask {
   return {
@@ -38,35 +30,9 @@ function portTask(row: ClaimRow, token: number): PortTask {
     type: row.type,
     attempt: row.attempt,
     token,
-    payload: parse(row.payload),
+    payload: parseJson(row.payload),
     timeoutMs: row.timeout_ms,
     startedAt: row.started_at ?? Date.now(),
-  };
-}
-
-/** A task row as queries return it. */
-export function taskInfo(r: TaskRow): TaskInfo {
-  return {
-    id: r.id,
-    jobId: r.job_id,
-    parentId: r.parent_id,
-    type: r.type,
-    key: r.spawn_key,
-    dedupKey: r.dedup_key,
-    state: r.state,
-    payload: parse(r.payload),
-    result: parse(r.result),
-    error: parse(r.error) as TaskError | null,
-    progress: parse(r.progress),
-    attempt: r.attempt,
-    maxAttempts: r.max_attempts,
-    priority: r.priority,
-    runAt: r.run_at,
-    createdAt: r.created_at,
-    startedAt: r.started_at,
-    finishedAt: r.finished_at,
-    settledAt: r.settled_at,
-    openChildren: r.open_children,
   };
 }
 
@@ -169,43 +135,13 @@ export class LocalPort implements DynataskPort {
     return this.jobInfo(job);
   }
 
-  private async jobInfo(job: JobRow): Promise<JobInfo> {
-    const [root, counts] = await Promise.all([
-      this.store.getTask(job.root_task_id),
-      this.store.jobCounts(job.id),
-    ]);
-    const byState = Object.fromEntries(TASK_STATES.map((s) => [s, 0])) as Record<TaskState, number>;
-    let total = 0;
-    for (const c of counts) {
-      byState[c.state] = c.n;
-      total += c.n;
-    }
-    return {
-      id: job.id,
-      namespace: job.namespace,
-      type: job.type,
-      rootTaskId: job.root_task_id,
-      state: job.state,
-      result: root?.result ? JSON.parse(root.result) : null,
-      error: root?.error && job.state !== 'succeeded' ? (JSON.parse(root.error) as TaskError) : null,
-      createdAt: job.created_at,
-      settledAt: job.settled_at,
-      counts: byState,
-      total,
-    };
+  private jobInfo(job: JobRow): Promise<JobInfo> {
+    return jobInfo(this.store, job);
   }
 
   async listJobs(q: JobQuery): Promise<JobSummary[]> {
     const rows = await this.store.listJobs(q);
-    return rows.map((j) => ({
-      id: j.id,
-      namespace: j.namespace,
-      type: j.type,
-      rootTaskId: j.root_task_id,
-      state: j.state,
-      createdAt: j.created_at,
-      settledAt: j.settled_at,
-    }));
+    return rows.map(jobSummary);
   }
 
   async getTask(taskId: string): Promise<TaskInfo> {

@@ -1,68 +1,11 @@
 /**
- * Store rows as the wire shows them (schemas.ts). Kept here, not borrowed from the TypeScript
- * API, so the HTTP contract changes only when this file does.
+ * Store rows as the wire shows them (schemas.ts): the API's views (src/engine/views.ts), whose
+ * fields the route schemas filter, and the claimed task, which only workers over HTTP see.
  */
 import type { ClaimedTask } from '../engine/engine.js';
-import { TASK_STATES, type TaskError, type TaskState } from '../engine/types.js';
-import type { JobRow, Store, TaskRow } from '../store/store.js';
+import { parseJson } from '../engine/views.js';
 
-const parse = (s: string | null): unknown => (s === null ? null : JSON.parse(s));
-
-/** A job without counts, result or error, as lists show it. */
-export function jobSummary(j: JobRow) {
-  return {
-    id: j.id,
-    namespace: j.namespace,
-    type: j.type,
-    rootTaskId: j.root_task_id,
-    state: j.state,
-    createdAt: j.created_at,
-    settledAt: j.settled_at,
-  };
-}
-
-/** A job with its root's result or error and its tasks counted by state. */
-export async function jobInfo(store: Store, job: JobRow) {
-  const [root, counts] = await Promise.all([store.getTask(job.root_task_id), store.jobCounts(job.id)]);
-  const byState = Object.fromEntries(TASK_STATES.map((s) => [s, 0])) as Record<TaskState, number>;
-  let total = 0;
-  for (const c of counts) {
-    byState[c.state] = c.n;
-    total += c.n;
-  }
-  return {
-    ...jobSummary(job),
-    result: root?.result ? parse(root.result) : null,
-    error: root?.error && job.state !== 'succeeded' ? (parse(root.error) as TaskError) : null,
-    counts: byState,
-    total,
-  };
-}
-
-export function taskInfo(r: TaskRow) {
-  return {
-    id: r.id,
-    jobId: r.job_id,
-    parentId: r.parent_id,
-    type: r.type,
-    key: r.spawn_key,
-    dedupKey: r.dedup_key,
-    state: r.state,
-    payload: parse(r.payload),
-    result: parse(r.result),
-    error: parse(r.error) as TaskError | null,
-    progress: parse(r.progress),
-    attempt: r.attempt,
-    maxAttempts: r.max_attempts,
-    priority: r.priority,
-    runAt: r.run_at,
-    createdAt: r.created_at,
-    startedAt: r.started_at,
-    finishedAt: r.finished_at,
-    settledAt: r.settled_at,
-    openChildren: r.open_children,
-  };
-}
+export { jobInfo, jobSummary, taskInfo } from '../engine/views.js';
 
 /** A claimed task for the worker; `typeTimeout` is its type's timeout, used when the task has none. */
 export function claimedTask(c: ClaimedTask, typeTimeout: number | null) {
@@ -73,7 +16,7 @@ export function claimedTask(c: ClaimedTask, typeTimeout: number | null) {
     parentId: r.parent_id,
     namespace: r.namespace,
     type: r.type,
-    payload: parse(r.payload),
+    payload: parseJson(r.payload),
     attempt: r.attempt,
     token: c.token,
     timeoutMs: r.timeout_ms ?? typeTimeout,
