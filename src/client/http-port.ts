@@ -484,8 +484,14 @@ export class HttpPort implements DynataskPort {
   }
 
   async workerStarted(): Promise<() => Promise<void>> {
-    // The server sweeps expired leases, and records this worker's types from its claims.
-    return async () => {};
+    // The server sweeps expired leases, and records this worker's types from its claims; on
+    // stop it forgets them, so they no longer show as served.
+    return async () => {
+      // Best effort, briefly: unheard, the presence expires by itself after 15 s.
+      await this.post('/v1/worker/stop', { workerId: this.workerId }, AbortSignal.timeout(2000)).catch(
+        () => {},
+      );
+    };
   }
 
   subscribe(listener: (e: DynataskEvent) => void, jobId?: string): () => void {

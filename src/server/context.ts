@@ -77,4 +77,6 @@ export interface ServerContext {
   readonly draining: boolean;
   /** Records that `workerId` serves `types` (GET /v1/types shows them as served); throttled. */
   touchWorker(workerId: string, namespace: string, types: string[]): void;
+  /** Forgets `workerId` (it stopped): its types are no longer served by it. */
+  forgetWorker(workerId: string): Promise<void>;
 }

@@ -275,18 +275,25 @@ const Token = Type.Integer({
 });
 const Ref = { id: Id, token: Token };
 
+/** The worker's name in claims: GET /v1/types shows its types as served while it claims. */
+const WorkerId = Text({
+  minLength: 1,
+  maxLength: 200,
+  description: 'Names the worker, so GET /v1/types shows its types as served',
+});
+
+/** A worker that stops: its types are no longer shown as served by it. */
+export const WorkerStopBody = Type.Object(
+  { workerId: WorkerId },
+  { additionalProperties: false, title: 'WorkerStopRequest' },
+);
+
 const ClaimFields = {
   namespace: Type.Optional(Namespace),
   types: Type.Array(TaskType, { minItems: 1, maxItems: 1000 }),
   limit: Type.Integer({ minimum: 1, maximum: 1000 }),
   leaseMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'Default 30000' })),
-  workerId: Type.Optional(
-    Text({
-      minLength: 1,
-      maxLength: 200,
-      description: 'Names the worker, so GET /v1/types shows its types as served',
-    }),
-  ),
+  workerId: Type.Optional(WorkerId),
 };
 
 export const ClaimBody = Type.Object(

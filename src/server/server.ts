@@ -110,6 +110,10 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
         .touchWorker(workerId, namespace, ts, now)
         .catch((err) => app.log.warn({ err }, 'worker presence'));
     },
+    async forgetWorker(workerId) {
+      for (const key of touched.keys()) if (key.startsWith(`${workerId}\0`)) touched.delete(key);
+      await store.removeWorker(workerId);
+    },
   };
 
   const app = Fastify({

@@ -25,6 +25,7 @@ import {
   TypeConfigBody,
   WaitBody,
   WaitReply,
+  WorkerStopBody,
 } from '../schemas.js';
 import { claimedTask } from '../views.js';
 import { errors, type Typed } from './common.js';
@@ -337,6 +338,24 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       );
       await types.ensure(namespace);
       await types.refresh();
+      return {};
+    },
+  );
+
+  app.post(
+    '/v1/worker/stop',
+    {
+      config: worker,
+      schema: {
+        operationId: 'stopWorker',
+        tags,
+        summary: 'A worker stops: GET /v1/types no longer shows its types as served by it',
+        body: WorkerStopBody,
+        response: { 200: OkReply, ...errors(400, 401, 403, 413, 415) },
+      },
+    },
+    async (req) => {
+      await ctx.forgetWorker(req.body.workerId);
       return {};
     },
   );
