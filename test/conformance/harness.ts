@@ -3,6 +3,7 @@
  * instances on fresh databases), clean-up of what a test opened, and helpers that wait
  * for events instead of sleeping. Only the public API (src/index.ts) is used here.
  */
+import { it } from 'vitest';
 import type { Dynatask, DynataskEvent, JobHandle, JobInfo, TaskInfo, TaskState } from '../../src/index.js';
 
 export interface TargetOptions {
@@ -21,6 +22,13 @@ export interface ConformanceTarget {
    * as a second process would. Its `close()` must leave `dt` usable.
    */
   openPeer(dt: Dynatask, opts?: TargetOptions): Promise<Dynatask>;
+  /**
+   * False for instances that reach their engine through a server (`open` with an http://
+   * URL): the tests that drive `dt.engine` directly, as a worker's internals would, and
+   * `purge`, which runs where the database is, are not registered for them. The HTTP
+   * protocol's own tests (test/server.*.test.ts) cover those calls on the wire.
+   */
+  inProcess?: boolean;
 }
 
 export interface Deferred<T = void> {
@@ -200,6 +208,16 @@ export class Harness {
   private done = new AbortController();
 
   constructor(readonly target: ConformanceTarget) {}
+
+  /** Whether instances have their engine in this process (see ConformanceTarget.inProcess). */
+  get inProcess(): boolean {
+    return this.target.inProcess !== false;
+  }
+
+  /** Registers a test only for in-process targets: it drives `dt.engine` or purges. */
+  inProcessIt(name: string, fn: () => Promise<void>): void {
+    if (this.inProcess) it(name, fn);
+  }
 
   async open(opts?: TargetOptions): Promise<Dynatask> {
     const dt = await this.target.open(opts);

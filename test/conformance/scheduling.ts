@@ -169,7 +169,7 @@ export function schedulingTests(h: Harness): void {
       expect(meter.maxOf('node')).toBe(1);
     });
 
-    it('failures, timeouts, cancellations and expired leases give their slots back', async () => {
+    h.inProcessIt('failures, timeouts, cancellations and expired leases give their slots back', async () => {
       const dt = await h.open({ leaseMs: 200 });
       dt.handle(
         'limited',

@@ -48,7 +48,7 @@ export function runConformance(name: string, target: ConformanceTarget): void {
     failureTests(h); // 5
     dependencyTests(h); // 6
     retryTests(h); // 7
-    leaseTests(h); // 8
+    if (h.inProcess) leaseTests(h); // 8: through dt.engine
     timeoutTests(h); // 9
     cancellationTests(h); // 10
     dedupTests(h); // 11
@@ -56,6 +56,6 @@ export function runConformance(name: string, target: ConformanceTarget): void {
     eventTests(h); // 13
     retentionTests(h); // 14
     taskTypeTests(h); // 15
-    operationTests(h); // 16
+    if (h.inProcess) operationTests(h); // 16: through dt.engine
   });
 }

@@ -34,7 +34,7 @@ export function taskTypeTests(h: Harness): void {
       expect((await dt.getTask(later.rootTaskId)).state).toBe('queued');
     });
 
-    it('a claim returns only tasks of the types asked for', async () => {
+    h.inProcessIt('a claim returns only tasks of the types asked for', async () => {
       const dt = await h.open();
       const jobs = await dt.submitMany([
         { type: 'a', payload: 1 },
