@@ -134,7 +134,7 @@ describe('the same handlers in-process and against a server', () => {
   }
 
   it('gives the same results in both modes', () => {
-    expect(results['remote']).toEqual(results['in-process']);
+    expect(results.remote).toEqual(results['in-process']);
   });
 
   for (const mode of ['in-process', 'remote'] as const) {
