@@ -8,6 +8,7 @@
  * otherwise be a database error, i.e. a 500).
  */
 import { type Static, type TSchema, Type } from 'typebox';
+import { TASK_STATES } from '../engine/types.js';
 
 /** Text without NUL characters (PostgreSQL text cannot hold them). */
 const Text = (opts: { minLength?: number; maxLength: number; description?: string }) =>
@@ -28,10 +29,7 @@ export const Namespace = Text({ minLength: 1, maxLength: 200, description: "Defa
 /** Any JSON value (payloads, results, progress, step values). */
 export const AnyJson = Type.Unknown({ description: 'Any JSON value' });
 
-export const TaskState = Type.Enum(
-  ['blocked', 'queued', 'running', 'waiting', 'completing', 'succeeded', 'failed', 'cancelled', 'skipped'],
-  { title: 'TaskState' },
-);
+export const TaskState = Type.Enum([...TASK_STATES], { title: 'TaskState' });
 export const JobState = Type.Enum(['running', 'succeeded', 'failed', 'cancelled'], { title: 'JobState' });
 
 /** A task error as stored: plain data. */
@@ -140,21 +138,7 @@ export const SubmitReply = Type.Object(
   { title: 'SubmitResult' },
 );
 
-const Counts = Type.Object(
-  Object.fromEntries(
-    [
-      'blocked',
-      'queued',
-      'running',
-      'waiting',
-      'completing',
-      'succeeded',
-      'failed',
-      'cancelled',
-      'skipped',
-    ].map((s) => [s, Type.Integer()]),
-  ),
-);
+const Counts = Type.Object(Object.fromEntries(TASK_STATES.map((s) => [s, Type.Integer()])));
 
 const JobFields = {
   id: Type.String(),
