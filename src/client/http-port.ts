@@ -192,7 +192,8 @@ export class HttpPort implements DynataskPort {
   async claim(q: ClaimQuery & { waitMs?: number }, signal?: AbortSignal): Promise<PortTask[]> {
     const r = await this.post<{ tasks: WireTask[] }>(
       '/v1/worker/claim',
-      { ...q, limit: Math.min(q.limit, 1000), workerId: this.workerId },
+      // A claim id: the transport's repeat after a lost answer gets the same tasks again.
+      { ...q, limit: Math.min(q.limit, 1000), workerId: this.workerId, claimId: newId() },
       signal,
     );
     const now = Date.now();
@@ -264,7 +265,7 @@ export class HttpPort implements DynataskPort {
     let raw = `{"completed":[${done.map((i) => i.json).join(',')}]`;
     if (failing.length) raw += `,"failed":[${failing.map((i) => i.json).join(',')}]`;
     if (next)
-      raw += `,"claim":${JSON.stringify({ ...next, limit: Math.min(next.limit, 1000), workerId: this.workerId })}`;
+      raw += `,"claim":${JSON.stringify({ ...next, limit: Math.min(next.limit, 1000), workerId: this.workerId, claimId: newId() })}`;
     raw += '}';
     let r: { completed: string[]; failed: string[]; tasks: WireTask[] };
     try {

@@ -2,7 +2,9 @@
 import type { Engine } from '../engine/engine.js';
 import type { Store, TypeConfigRow } from '../store/store.js';
 import type { Auth } from './auth.js';
+import type { ClaimMemory } from './claims.js';
 import type { Metrics } from './metrics.js';
+import type { ClaimedTaskView } from './views.js';
 import type { Wakeups } from './wakeups.js';
 
 /**
@@ -66,6 +68,8 @@ export class TypeSettings {
 
 export interface ServerContext {
   engine: Engine;
+  /** Recent claims' answers, by claim id (see claims.ts). */
+  claims: ClaimMemory<ClaimedTaskView>;
   store: Store;
   auth: Auth;
   metrics: Metrics;

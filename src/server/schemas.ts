@@ -278,6 +278,11 @@ const ClaimFields = {
   limit: Type.Integer({ minimum: 1, maximum: 1000 }),
   leaseMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'Default 30000' })),
   workerId: Type.Optional(WorkerId),
+  claimId: Type.Optional({
+    ...Id,
+    description:
+      'A UUID the client chooses per claim: repeating the claim with it (after a lost answer) returns the same tasks',
+  }),
 };
 
 export const ClaimBody = Type.Object(

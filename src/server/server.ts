@@ -10,6 +10,7 @@ import Fastify, { type FastifyReply, type FastifyServerOptions, LogController } 
 import type { Dynatask } from '../dynatask.js';
 import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
+import { ClaimMemory } from './claims.js';
 import { hoistTitledSchemas } from './components.js';
 import { type ServerContext, TypeSettings } from './context.js';
 import { checkDepth, installErrorHandlers, toErrorReply } from './errors.js';
@@ -92,6 +93,7 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
 
   const ctx: ServerContext = {
     engine,
+    claims: new ClaimMemory(),
     store,
     auth,
     metrics,

@@ -24,3 +24,6 @@ export function claimedTask(c: ClaimedTask, typeTimeout: number | null) {
     leaseExpiresAt: r.lease_expires_at ?? 0,
   };
 }
+
+/** A claimed task as the wire shows it. */
+export type ClaimedTaskView = ReturnType<typeof claimedTask>;

@@ -80,6 +80,9 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       const namespace = b.namespace ?? DEFAULTS.namespace;
       await types.ensure(namespace);
       if (b.workerId) ctx.touchWorker(b.workerId, namespace, b.types);
+      // A repeat of a claim whose answer was lost: the same tasks again.
+      const seen = b.claimId ? ctx.claims.get(b.claimId) : undefined;
+      if (seen) return { tasks: seen };
       if (ctx.draining) return { tasks: [] };
       const deadline = Date.now() + (b.waitMs ?? 0);
       // A client that hangs up ends its wait, so it cannot claim tasks nobody will run.
@@ -94,8 +97,11 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
             await engine.release(claimed.map((c) => ({ id: c.row.id, token: c.token })));
             return { tasks: [] };
           }
-          if (claimed.length || Date.now() >= deadline || ctx.draining || gone.signal.aborted)
-            return { tasks: view(claimed) };
+          if (claimed.length || Date.now() >= deadline || ctx.draining || gone.signal.aborted) {
+            const tasks = view(claimed);
+            if (b.claimId) ctx.claims.set(b.claimId, tasks);
+            return { tasks };
+          }
           // Tasks due later (delays, backoffs) wake nobody: their run_at is the next deadline. A
           // task already due that the claim passed over is held back by a concurrency limit,
           // and a freed slot wakes nobody either: look again soon, but do not spin.
@@ -139,7 +145,10 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       });
       let next: { namespace: string; types: string[]; limit: number; leaseMs?: number } | undefined;
       const claim = b.claim;
-      if (claim && !ctx.draining) {
+      // A repeat of a report whose answer was lost: its outcomes answer as before (idempotent
+      // by token), and its claim gets the same tasks again.
+      const seen = claim?.claimId ? ctx.claims.get(claim.claimId) : undefined;
+      if (claim && !seen && !ctx.draining) {
         next = { namespace: claim.namespace ?? DEFAULTS.namespace, types: claim.types, limit: claim.limit };
         if (claim.leaseMs !== undefined) next.leaseMs = claim.leaseMs;
         await types.ensure(next.namespace);
@@ -157,7 +166,12 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       };
       metrics.completed.inc(r.completed.filter(Boolean).length);
       metrics.failed.inc(r.failed.filter(Boolean).length);
-      return { completed: status(r.completed), failed: status(r.failed), tasks: view(r.claimed) };
+      let tasks = seen;
+      if (!tasks) {
+        tasks = view(r.claimed);
+        if (claim?.claimId) ctx.claims.set(claim.claimId, tasks);
+      }
+      return { completed: status(r.completed), failed: status(r.failed), tasks };
     },
   );
 
