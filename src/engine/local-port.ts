@@ -20,7 +20,7 @@ import type {
   TypeSettings,
 } from './port.js';
 import type { DynataskEvent, JobInfo, TaskError, TaskInfo } from './types.js';
-import { jobInfo, jobSummary, parseJson, taskInfo } from './views.js';
+import { jobInfo, jobSummary, parseJson, taskInfo, taskWithAttempts, typeConfigRows } from './views.js';
 
 function portTask(row: ClaimRow, token: number): PortTask {
   return {
@@ -144,17 +144,8 @@ export class LocalPort implements DynataskPort {
     return rows.map(jobSummary);
   }
 
-  async getTask(taskId: string): Promise<TaskInfo> {
-    const row = await this.store.getTask(taskId);
-    if (!row) throw new NotFoundError(`task ${taskId} not found`);
-    const info = taskInfo(row);
-    info.attempts = (await this.store.attempts(row.job_id, taskId)).map((a) => ({
-      attempt: a.attempt,
-      startedAt: a.started_at,
-      finishedAt: a.finished_at,
-      error: JSON.parse(a.error) as TaskError,
-    }));
-    return info;
+  getTask(taskId: string): Promise<TaskInfo> {
+    return taskWithAttempts(this.store, taskId);
   }
 
   async tree(jobId: string, after: string | null, limit: number) {
@@ -193,17 +184,7 @@ export class LocalPort implements DynataskPort {
   }
 
   configureTypes(namespace: string, types: TypeSettings[]): Promise<void> {
-    return this.engine.configureTypes(
-      types.map((o) => ({
-        namespace,
-        type: o.type,
-        max_attempts: o.maxAttempts ?? null,
-        backoff_ms: o.backoffMs ?? null,
-        max_backoff_ms: o.maxBackoffMs ?? null,
-        timeout_ms: o.timeoutMs ?? null,
-        concurrency: o.concurrency ?? null,
-      })),
-    );
+    return this.engine.configureTypes(typeConfigRows(namespace, types));
   }
 
   async workerStarted(namespace: string, types: string[]): Promise<() => Promise<void>> {

@@ -3,8 +3,9 @@
  * (The server's schemas decide what goes on the wire: a field added here appears there only
  * once its schema names it.)
  */
-import type { JobRow, Store, TaskRow } from '../store/store.js';
-import type { JobSummary } from './port.js';
+import type { JobRow, Store, TaskRow, TypeConfigRow } from '../store/store.js';
+import { NotFoundError } from './errors.js';
+import type { JobSummary, TypeSettings } from './port.js';
 import { type JobInfo, TASK_STATES, type TaskError, type TaskInfo, type TaskState } from './types.js';
 
 export const parseJson = (s: string | null): unknown => (s === null ? null : JSON.parse(s));
@@ -64,4 +65,31 @@ export function taskInfo(r: TaskRow): TaskInfo {
     settledAt: r.settled_at,
     openChildren: r.open_children,
   };
+}
+
+/** A task with every failed attempt; throws NotFoundError. */
+export async function taskWithAttempts(store: Store, taskId: string): Promise<TaskInfo> {
+  const row = await store.getTask(taskId);
+  if (!row) throw new NotFoundError(`task ${taskId} not found`);
+  const info = taskInfo(row);
+  info.attempts = (await store.attempts(row.job_id, taskId)).map((a) => ({
+    attempt: a.attempt,
+    startedAt: a.started_at,
+    finishedAt: a.finished_at,
+    error: parseJson(a.error) as TaskError,
+  }));
+  return info;
+}
+
+/** Per-type settings as the store keeps them (unset fields: the defaults). */
+export function typeConfigRows(namespace: string, types: TypeSettings[]): TypeConfigRow[] {
+  return types.map((t) => ({
+    namespace,
+    type: t.type,
+    max_attempts: t.maxAttempts ?? null,
+    backoff_ms: t.backoffMs ?? null,
+    max_backoff_ms: t.maxBackoffMs ?? null,
+    timeout_ms: t.timeoutMs ?? null,
+    concurrency: t.concurrency ?? null,
+  }));
 }

@@ -5,7 +5,7 @@
 import type { ClaimedTask } from '../engine/engine.js';
 import { parseJson } from '../engine/views.js';
 
-export { jobInfo, jobSummary, taskInfo } from '../engine/views.js';
+export { jobInfo, jobSummary, taskInfo, taskWithAttempts, typeConfigRows } from '../engine/views.js';
 
 /** A claimed task for the worker; `typeTimeout` is its type's timeout, used when the task has none. */
 export function claimedTask(c: ClaimedTask, typeTimeout: number | null) {

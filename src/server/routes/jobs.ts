@@ -21,7 +21,7 @@ import {
   TypesQuery,
   TypesReply,
 } from '../schemas.js';
-import { jobInfo, jobSummary, taskInfo } from '../views.js';
+import { jobInfo, jobSummary, taskInfo, taskWithAttempts } from '../views.js';
 import { errors, type Typed } from './common.js';
 
 /** How long a worker's presence record counts as live for `served` (it is refreshed every 5 s). */
@@ -143,20 +143,7 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
         response: { 200: TaskInfo, ...errors(400, 401, 403, 404) },
       },
     },
-    async (req) => {
-      const row = await store.getTask(req.params.taskId);
-      if (!row) throw new NotFoundError(`task ${req.params.taskId} not found`);
-      const attempts = await store.attempts(row.job_id, row.id);
-      return {
-        ...taskInfo(row),
-        attempts: attempts.map((a) => ({
-          attempt: a.attempt,
-          startedAt: a.started_at,
-          finishedAt: a.finished_at,
-          error: JSON.parse(a.error),
-        })),
-      };
-    },
+    async (req) => taskWithAttempts(store, req.params.taskId),
   );
 
   app.post(

@@ -27,7 +27,7 @@ import {
   WaitReply,
   WorkerStopBody,
 } from '../schemas.js';
-import { claimedTask } from '../views.js';
+import { claimedTask, typeConfigRows } from '../views.js';
 import { errors, type Typed } from './common.js';
 
 /** How soon a long poll looks again at due tasks that a concurrency limit held back. */
@@ -339,17 +339,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     },
     async (req) => {
       const namespace = req.body.namespace ?? DEFAULTS.namespace;
-      await engine.configureTypes(
-        req.body.types.map((t) => ({
-          namespace,
-          type: t.type,
-          max_attempts: t.maxAttempts ?? null,
-          backoff_ms: t.backoffMs ?? null,
-          max_backoff_ms: t.maxBackoffMs ?? null,
-          timeout_ms: t.timeoutMs ?? null,
-          concurrency: t.concurrency ?? null,
-        })),
-      );
+      await engine.configureTypes(typeConfigRows(namespace, req.body.types));
       await types.ensure(namespace);
       await types.refresh();
       return {};
