@@ -113,6 +113,11 @@ export interface Observation {
   /** The handler held at the disruption point, if it was reached. */
   held: { job: number; path: string; taskId: string; sawAbort: boolean } | null;
   crashed: boolean;
+  /**
+   * The scenario runs with the short crash lease: on a loaded machine a live worker can lose a
+   * lease too (a heartbeat queued behind a slow transaction), crash reached or not.
+   */
+  shortLease: boolean;
   /** Errors the engine's own loops logged (worker, sweeper) outside a simulated crash. */
   loopErrors: string[];
   snapshots: JobSnapshot[];
@@ -193,11 +198,13 @@ export async function runScenario(factory: DatabaseFactory, scenario: Scenario):
     cancels: [],
     held: null,
     crashed: false,
+    shortLease: false,
     loopErrors: [],
     snapshots: [],
   };
   const { disruption } = scenario;
-  const leaseMs = disruption.kind === 'crash' ? CRASH_LEASE_MS : NORMAL_LEASE_MS;
+  obs.shortLease = disruption.kind === 'crash';
+  const leaseMs = obs.shortLease ? CRASH_LEASE_MS : NORMAL_LEASE_MS;
   let invocations = 0;
   const reached = new Deferred();
   const gate = new Deferred();

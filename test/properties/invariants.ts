@@ -255,7 +255,10 @@ function checkAttempts(c: Ctx, t: TaskInfo): void {
     if (!a.error || typeof a.error.message !== 'string')
       c.out.push(`${where}: attempt ${a.attempt} has no error`);
   });
-  if (!spec || c.obs.crashed) return;
+  // Attempts lost to an expired lease (a crash, or a short lease on a loaded machine) add
+  // attempts the model cannot count.
+  const expired = c.obs.shortLease && attempts.some((a) => a.error?.name === 'LeaseExpired');
+  if (!spec || c.obs.crashed || expired) return;
   if (t.maxAttempts !== null && attempts.length > t.maxAttempts)
     c.out.push(`${where}: ${attempts.length} failed attempts recorded, maxAttempts ${t.maxAttempts}`);
   if (t.state === 'succeeded') {
@@ -296,8 +299,9 @@ function checkLocal(c: Ctx, t: TaskInfo, spec: NodeSpec): void {
     return;
   }
 
-  // A crash can take the last attempt of a task that was going to fail anyway, wherever it was.
-  if (c.obs.crashed && t.state === 'failed' && t.error?.name === 'LeaseExpired') return;
+  // A crash (or a short lease lost on a loaded machine) can take the last attempt of a task
+  // that was going to fail anyway, wherever it was.
+  if ((c.obs.crashed || c.obs.shortLease) && t.state === 'failed' && t.error?.name === 'LeaseExpired') return;
   const permanent = spec.fail.kind === 'nonRetryable' || spec.fail.kind === 'exhaust';
   const spawned = !(permanent && spec.failAt === 'beforeSpawn');
   const wantKids = spawned ? spec.children.length : 0;
