@@ -167,13 +167,16 @@ describe('postgres store: races between processes', () => {
 
     // Process A spawns under `parent`: it holds the parent's lock until `commit` resolves.
     const commit = deferred();
+    const locked = deferred();
     const spawned = a.transaction(async (tx) => {
       const [p] = await tx.getTasks([parent.id]);
       await tx.insertTasks([child]);
       await tx.updateTasks([{ id: parent.id, open_children: p!.open_children + 1 }]);
+      locked.resolve();
       await commit.promise;
     });
-    // Process B cancels the root meanwhile: its read of the subtree waits for the parent.
+    // Process B cancels the root once A holds the parent: its read of the subtree waits for it.
+    await locked.promise;
     const subtree = b.transaction((tx) => tx.unsettledSubtree(root.id));
     await someoneBlocked();
     commit.resolve();
