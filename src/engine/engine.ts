@@ -315,7 +315,7 @@ export class Engine {
       });
 
       // Resolve `after` dependencies: task ids of this job, or spawn keys of siblings.
-      const deps: Array<{ row: TaskRow; on: string[] }> = [];
+      const deps: Array<{ row: TaskRow; on: string[]; index: number }> = [];
       const depIds = new Set<string>();
       const refs = fresh.flatMap((f) =>
         (f.spec.options?.after ?? []).flatMap((r) => (typeof r === 'string' && !byKey.has(r) ? [r] : [])),
@@ -326,19 +326,21 @@ export class Engine {
       for (const f of fresh) {
         const after = f.spec.options?.after;
         if (!after?.length) continue;
-        const on: string[] = [];
+        // A dependency named twice (by key and by handle, or in two lists spread together)
+        // counts once: the stores keep one edge per pair.
+        const on = new Set<string>();
         for (const ref of after) {
           const r = typeof ref === 'string' ? ref : ref.id;
           const sibling = byKey.get(r);
           const id = sibling ? sibling.id : r;
           if (id === f.row.id)
             throw new ValidationError(`children[${f.index}].after refers to the task itself`);
-          on.push(id);
+          on.add(id);
           depIds.add(id);
         }
-        deps.push({ row: f.row, on });
+        deps.push({ row: f.row, on: [...on], index: f.index });
       }
-      const depRows = new Map<string, DepInfo>();
+      const depRows = new Map<string, DepInfo & Pick<TaskCore, 'parent_id'>>();
       const freshIds = new Map(fresh.map((f) => [f.row.id, f.row]));
       const unknown = [...depIds].filter((id) => !freshIds.has(id));
       for (const r of unknown.length ? await tx.getTasks(unknown) : []) depRows.set(r.id, r);
@@ -364,6 +366,10 @@ export class Engine {
           skipNow.push({ row: d.row, error: dependencyError(failedDep) });
         }
       }
+      // Before anything is written: a dependency that could only settle after the new task
+      // would leave both unsettled for ever.
+      refuseCycles(deps, freshIds);
+      await refuseWaitsOnAncestors(tx, parent, deps, depRows, freshIds);
 
       const rows = fresh.map((f) => f.row);
       for (const f of fresh) {
@@ -1009,4 +1015,110 @@ function sharedTransaction(given: unknown[], what: string): unknown {
       `${what}: every item of one call must name the same options.transaction, or none`,
     );
   return set.values().next().value;
+}
+
+/** How a task is named in a dependency error: its spawn key (or id) and type. */
+function named(r: { id: string; type: string; spawn_key?: string | null }): string {
+  return `${r.spawn_key ?? r.id} (${r.type})`;
+}
+
+/**
+ * Refuses a cycle among the tasks of one spawn call, naming it. Only these can form one:
+ * a task that existed before cannot depend on a task created now.
+ */
+function refuseCycles(
+  deps: Array<{ row: TaskRow; on: string[]; index: number }>,
+  fresh: Map<string, TaskRow>,
+) {
+  const edges = new Map(deps.map((d) => [d.row.id, d]));
+  const state = new Map<string, 'open' | 'done'>();
+  const path: string[] = [];
+  const visit = (id: string) => {
+    state.set(id, 'open');
+    path.push(id);
+    for (const on of edges.get(id)?.on ?? []) {
+      if (!fresh.has(on)) continue;
+      if (state.get(on) === 'open') {
+        const cycle = [...path.slice(path.indexOf(on)), on].map((c) => named(fresh.get(c)!));
+        throw new ValidationError(
+          `children[${edges.get(id)!.index}].after: a dependency cycle among the tasks of this spawn: ${cycle.join(' → ')}; none of them could ever run`,
+        );
+      }
+      if (!state.has(on)) visit(on);
+    }
+    path.pop();
+    state.set(id, 'done');
+  };
+  for (const d of deps) if (!state.has(d.row.id)) visit(d.row.id);
+}
+
+/**
+ * Refuses a dependency on a task that waits, directly or not, for the new task's parent or
+ * another ancestor: an ancestor settles only after its children, so neither would settle.
+ * What waits for an ancestor: the ancestors above it, tasks that depend on one of those, and
+ * in turn their ancestors and dependents. Dependencies on siblings (children of the same
+ * parent) cannot wait for it, so the common case reads nothing; otherwise O(depth) reads,
+ * plus the dependents of that set, which is usually empty.
+ */
+async function refuseWaitsOnAncestors(
+  tx: StoreTx,
+  parent: TaskCore,
+  deps: Array<{ row: TaskRow; on: string[]; index: number }>,
+  depRows: Map<string, DepInfo & Pick<TaskCore, 'parent_id'>>,
+  fresh: Map<string, TaskRow>,
+) {
+  const suspects = deps.flatMap((d) =>
+    d.on.flatMap((id) => {
+      const r = depRows.get(id)!;
+      return fresh.has(id) || r.parent_id === parent.id || isSettled(r.state) ? [] : [{ id, index: d.index }];
+    }),
+  );
+  if (!suspects.length) return;
+  // Each task that waits for an ancestor, with the task it waits for (null: an ancestor).
+  const waits = new Map<string, { row: Pick<OutcomeRow, 'id' | 'type' | 'spawn_key'>; on: string | null }>();
+  waits.set(parent.id, { row: parent, on: null });
+  // `on` is the child the first of them waits for; null for the new task's own ancestors.
+  const ancestorsOf = async (from: string | null, on: string | null) => {
+    let child = on;
+    for (let id = from; id !== null && !waits.has(id); ) {
+      const [r] = await tx.outcomes([id]);
+      if (!r) break;
+      waits.set(id, { row: r, on: child });
+      if (on !== null) child = id;
+      id = r.parent_id;
+    }
+  };
+  await ancestorsOf(parent.parent_id, null);
+  let frontier = [...waits.keys()];
+  while (frontier.length) {
+    const edges = (await tx.dependents(frontier.map((id) => ({ job_id: parent.job_id, id })))).filter(
+      (e) => !waits.has(e.task_id),
+    );
+    const rows = edges.length ? await tx.outcomes([...new Set(edges.map((e) => e.task_id))]) : [];
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const added: string[] = [];
+    for (const e of edges) {
+      const r = byId.get(e.task_id);
+      if (!r || isSettled(r.state) || waits.has(r.id)) continue;
+      waits.set(r.id, { row: r, on: e.depends_on });
+      added.push(r.id);
+      const before = waits.size;
+      await ancestorsOf(r.parent_id, r.id);
+      added.push(...[...waits.keys()].slice(before));
+    }
+    frontier = added;
+  }
+  for (const s of suspects) {
+    if (!waits.has(s.id)) continue;
+    const chain: string[] = [];
+    for (let id: string | null = s.id; id !== null; id = waits.get(id)!.on) chain.push(id);
+    const top = waits.get(chain.at(-1)!)!.row;
+    const what =
+      chain.length === 1
+        ? `task ${named(top)} is ${top.id === parent.id ? 'the parent' : 'an ancestor'} of the new task`
+        : `task ${named(waits.get(s.id)!.row)} waits for ${top.id === parent.id ? 'the parent' : 'an ancestor'} ${named(top)} of the new task (${chain.map((id) => named(waits.get(id)!.row)).join(' → ')})`;
+    throw new ValidationError(
+      `children[${s.index}].after: ${what}, which settles only after its children: the dependency would never settle`,
+    );
+  }
 }

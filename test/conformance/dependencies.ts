@@ -85,6 +85,100 @@ export function dependencyTests(h: Harness): void {
       expect(order).toEqual(['first', 'second']);
     });
 
+    it('the same dependency named twice (by key, by handle, twice in a list) counts once', async () => {
+      const dt = await h.open();
+      const release = h.gate();
+      dt.handle('root', async (ctx) => {
+        const [build] = await ctx.spawnMany([{ type: 'build', payload: null, options: { key: 'build' } }]);
+        const suites = ['build', 'unit'];
+        const hs = await ctx.spawnMany([
+          { type: 'step', payload: 'unit', options: { key: 'unit', after: ['build', 'build'] } },
+          { type: 'step', payload: 'e2e', options: { after: ['build', ...suites, build!, build!.id] } },
+        ]);
+        return ctx.waitAll([build!, ...hs]);
+      });
+      dt.handle('build', async () => {
+        await release.promise; // the dependents are spawned while it runs: they are blocked
+        return 'built';
+      });
+      dt.handle('step', (_ctx, name) => name);
+      await dt.start();
+      const job = await dt.submit('root', null);
+      await untilState(dt, job.rootTaskId, 'waiting');
+      release.resolve();
+      expect((await settled(dt, job)).result).toEqual(['built', 'unit', 'e2e']);
+    });
+
+    it('a dependency cycle among the tasks of one spawn is refused, naming it; nothing is written', async () => {
+      const dt = await h.open();
+      dt.handle('root', async (ctx) => {
+        const err = await ctx
+          .spawnMany([
+            { type: 'step', payload: null, options: { key: 'a', after: ['c'] } },
+            { type: 'step', payload: null, options: { key: 'b', after: ['a'] } },
+            { type: 'step', payload: null, options: { key: 'c', after: ['b'] } },
+            { type: 'step', payload: null, options: { key: 'free' } },
+          ])
+          .catch((e: Error) => e);
+        return [(err as Error).name, (err as Error).message];
+      });
+      dt.handle('step', () => 'ran');
+      await dt.start();
+      const job = await dt.submit('root', null);
+      const info = await settled(dt, job);
+      expect(info.result).toEqual([
+        'ValidationError',
+        expect.stringMatching(
+          /^children\[\d\]\.after: a dependency cycle .*: (a|b|c) \(step\) → .* → \1 \(step\)/,
+        ),
+      ]);
+      expect(info.total).toBe(1);
+    });
+
+    it('a dependency on the parent, an ancestor, or a task waiting for one is refused, naming it', async () => {
+      const dt = await h.open();
+      const seen = new Set<string>(); // the root's refusal again when it runs after its wait
+      const refused = (e: Error) => {
+        seen.add(`${e.name}: ${e.message}`);
+        return null;
+      };
+      const lateSpawned = h.gate();
+      dt.handle('root', async (ctx) => {
+        const [mid] = await ctx.spawnMany([{ type: 'mid', payload: null, options: { key: 'mid' } }]);
+        await ctx.spawn('cleanup', null, { after: [ctx.task.id] }).catch(refused);
+        await ctx.spawn('late', null, { key: 'late', after: [mid!] });
+        lateSpawned.resolve();
+        await ctx.waitAll();
+        return 'root done';
+      });
+      dt.handle('mid', async (ctx) => {
+        await ctx.spawn('leaf', null, { after: [ctx.task.parentId!] }).catch(refused);
+        // `late` depends on `mid`, which settles only after its children: a cycle through `late`.
+        await lateSpawned.promise;
+        const late = (await dt.tree(ctx.task.jobId)).tasks.find((t) => t.type === 'late')!;
+        await ctx.spawn('leaf', null, { after: [late.id] }).catch(refused);
+        return 'mid done';
+      });
+      dt.handle('late', () => 'late done');
+      await dt.start();
+      const job = await dt.submit('root', null);
+      const info = await settled(dt, job);
+      expect(info).toMatchObject({ state: 'succeeded', result: 'root done', total: 3 });
+      const errors = [...seen];
+      expect(errors).toHaveLength(3);
+      expect(errors[0]).toMatch(
+        new RegExp(
+          `^ValidationError: children\\[0\\]\\.after: task ${job.rootTaskId} \\(root\\) is the parent of the new task`,
+        ),
+      );
+      expect(errors[1]).toMatch(
+        /^ValidationError: children\[0\]\.after: task .* \(root\) is an ancestor of the new task/,
+      );
+      expect(errors[2]).toMatch(
+        /^ValidationError: children\[0\]\.after: task late \(late\) waits for the parent mid \(mid\) of the new task \(late \(late\) → mid \(mid\)\)/,
+      );
+    });
+
     it('a failed dependency skips its dependents, transitively, with the reason', async () => {
       const dt = await h.open();
       let ran = 0;
