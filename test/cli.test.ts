@@ -3,7 +3,7 @@
  * (`npm test` builds dist/ before running the tests).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -148,9 +148,12 @@ describe('dynatask migrate', () => {
     const fresh = join(dir, 'fresh.db');
     const before = await dynatask(['migrate', '--check', '--database', fresh, '--json']);
     expect(before.code).toBe(1);
-    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: ['001_init.sql'] });
+    const files = readdirSync(new URL('../src/store/sqlite/migrations/', import.meta.url))
+      .filter((f) => f.endsWith('.sql'))
+      .sort();
+    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: files });
     const applied = await dynatask(['migrate', '--database', fresh]);
-    expect(applied).toMatchObject({ code: 0, stdout: 'applied 001_init.sql\n' });
+    expect(applied).toMatchObject({ code: 0, stdout: `applied ${files.join(', ')}\n` });
     expect((await dynatask(['migrate', '--database', fresh])).stdout).toBe('the schema is up to date\n');
     expect((await dynatask(['migrate', '--check', '--database', fresh])).code).toBe(0);
   });

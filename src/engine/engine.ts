@@ -697,7 +697,9 @@ export class Engine {
     for (const f of failing) {
       const cfg = this.typeConfig(f.row.namespace, f.row.type);
       const maxAttempts = f.row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
-      (f.error.retryable !== false && f.row.attempt < maxAttempts ? retries : permanent).push(f);
+      // The budget counts from the last retryTask, which gives a fresh one.
+      const used = f.row.attempt - f.row.attempt_base;
+      (f.error.retryable !== false && used < maxAttempts ? retries : permanent).push(f);
     }
     // Permanent failures first: each cancels its subtree, which may hold other tasks of this
     // batch; those are settled now and must be neither retried nor failed a second time.
@@ -713,7 +715,7 @@ export class Engine {
       const cfg = this.typeConfig(row.namespace, row.type);
       const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
       const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
-      const exp = Math.min(cap, base * 2 ** (row.attempt - 1));
+      const exp = Math.min(cap, base * 2 ** (row.attempt - row.attempt_base - 1));
       // "Equal jitter": at least half the delay, so retries of one burst spread out but never bunch at zero.
       const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
       patches.push({
@@ -921,16 +923,19 @@ export class Engine {
         throw new ConflictError(
           `task ${taskId} failed because a child failed after its handler had finished: retry that child instead`,
         );
-      const cfg = this.typeConfig(task.namespace, task.type);
-      const budget = task.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
       const patches: TaskPatch[] = [
         {
           id: task.id,
           state: 'queued',
           attempt: task.attempt + 1,
-          max_attempts: task.attempt + budget,
+          // A fresh budget: attempts (and backoff) count from here, whatever retries came before.
+          attempt_base: task.attempt,
           run_at: b.now,
-          observed: 0,
+          // `observed` stays: a failure its parent's wait already returned was handled there, and
+          // the outcome of the retry cannot fail that parent any more (it may have returned).
+          // `awaited` is cleared: the wait it belonged to is over, and a later wait of the parent
+          // on other children must not count this task's settling as one of theirs.
+          awaited: 0,
           settled_at: null,
           finished_at: null,
           lease_expires_at: null,

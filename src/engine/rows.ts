@@ -113,6 +113,7 @@ export function newTaskRow(
     priority: o.priority ?? 0,
     run_at: Number.isFinite(runAt) ? runAt : now,
     attempt: 0,
+    attempt_base: 0,
     max_attempts: o.maxAttempts ?? null,
     backoff_ms: o.backoffMs ?? null,
     max_backoff_ms: o.maxBackoffMs ?? null,

@@ -56,7 +56,8 @@ export function taskInfo(r: TaskRow): TaskInfo {
     error: parseJson(r.error) as TaskError | null,
     progress: parseJson(r.progress),
     attempt: r.attempt,
-    maxAttempts: r.max_attempts,
+    // The last attempt it may have: its budget counts from the last retryTask.
+    maxAttempts: r.max_attempts === null ? null : r.attempt_base + r.max_attempts,
     priority: r.priority,
     runAt: r.run_at,
     createdAt: r.created_at,

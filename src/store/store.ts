@@ -20,6 +20,8 @@ export interface TaskRow {
   run_at: number;
   /** Current attempt number (1-based once claimed); resumes after a wait do not add one. */
   attempt: number;
+  /** Attempts used when an operator last retried the task: its budget counts from here. */
+  attempt_base: number;
   max_attempts: number | null;
   backoff_ms: number | null;
   max_backoff_ms: number | null;

@@ -4,8 +4,8 @@
  * and every failed attempt is recorded with its error and timing.
  */
 import { describe, expect, it } from 'vitest';
-import { type AttemptRecord, NonRetryableError } from '../../src/index.js';
-import { type Harness, settled } from './harness.js';
+import { type AttemptRecord, NonRetryableError, type TaskHandle } from '../../src/index.js';
+import { type Harness, pollUntil, settled, untilState } from './harness.js';
 
 /** Time from the end of each failed attempt to the start of the next one. */
 function gaps(attempts: AttemptRecord[], lastStartedAt: number | null): number[] {
@@ -118,6 +118,90 @@ export function retryTests(h: Harness): void {
       }
     });
 
+    it('retryTask gives the same fresh budget each time, and backoff starts again from backoffMs', async () => {
+      const dt = await h.open();
+      let calls = 0;
+      dt.handle('always-fails', () => {
+        calls++;
+        throw new Error('again');
+      });
+      await dt.start();
+      const job = await dt.submit('always-fails', null, { maxAttempts: 2, backoffMs: 150 });
+      expect((await settled(dt, job)).state).toBe('failed');
+      expect(calls).toBe(2);
+      for (const total of [4, 6]) {
+        await dt.retryTask(job.rootTaskId);
+        expect((await settled(dt, job)).state).toBe('failed');
+        expect(calls).toBe(total); // two attempts per retry, not 2, 4, 8
+      }
+      const t = await dt.getTask(job.rootTaskId);
+      expect(t).toMatchObject({ attempt: 6, maxAttempts: 6 });
+      // The second attempt of the last budget waited one backoff (75..150 ms), not 2^4 of them.
+      const [fifth, sixth] = t.attempts!.slice(4);
+      expect(sixth!.startedAt - fifth!.finishedAt).toBeLessThan(1000);
+    });
+
+    it('retryTask of a child whose failure its parent observed: failing again does not fail the parent', async () => {
+      const dt = await h.open();
+      const release = h.gate();
+      let spawned: TaskHandle[] = [];
+      dt.handle('root', async (ctx) => {
+        spawned = await ctx.spawnMany([
+          { type: 'bad', payload: null, options: { maxAttempts: 1 } },
+          { type: 'slow', payload: null },
+        ]);
+        const [o] = await ctx.waitAllSettled([spawned[0]!]);
+        return o!.state; // returns while `slow` runs: the root waits in completing
+      });
+      dt.handle('bad', () => {
+        throw new NonRetryableError('still bad');
+      });
+      dt.handle('slow', () => release.promise);
+      await dt.start();
+      const job = await dt.submit('root', null);
+      await untilState(dt, job.rootTaskId, 'completing');
+      const bad = spawned[0]!;
+      await dt.retryTask(bad.id);
+      await untilState(dt, bad.id, 'failed');
+      expect((await dt.getTask(bad.id)).attempt).toBe(2);
+      release.resolve();
+      expect(await settled(dt, job)).toMatchObject({ state: 'succeeded', result: 'failed' });
+    });
+
+    it('a retried child that its parent awaited earlier does not wake the parent from a later wait', async () => {
+      const dt = await h.open();
+      const release = h.gate();
+      let badFails = true;
+      let runs = 0;
+      let later: TaskHandle | undefined;
+      dt.handle('root', async (ctx) => {
+        runs++;
+        const bad = await ctx.spawn('bad', null, { maxAttempts: 1 });
+        const [first] = await ctx.waitAllSettled([bad]);
+        later = await ctx.spawn('slow', null);
+        await ctx.waitAll([later]);
+        return first!.state;
+      });
+      dt.handle('bad', () => {
+        if (badFails) throw new Error('bad once');
+        return 'ok';
+      });
+      dt.handle('slow', () => release.promise);
+      await dt.start();
+      const job = await dt.submit('root', null);
+      await untilState(dt, job.rootTaskId, 'waiting');
+      await untilState(dt, (await pollUntilSpawned(() => later)).id, 'running');
+      const [badTask] = (await dt.tree(job.id)).tasks.filter((t) => t.type === 'bad');
+      badFails = false;
+      await dt.retryTask(badTask!.id);
+      await untilState(dt, badTask!.id, 'succeeded');
+      // Its settling is not the settling of `slow`, which the root waits for now.
+      expect((await dt.getTask(job.rootTaskId)).state).toBe('waiting');
+      release.resolve();
+      expect((await settled(dt, job)).state).toBe('succeeded');
+      expect(runs).toBe(3); // spawn and wait; observe and wait on `slow`; after `slow`
+    });
+
     it('NonRetryableError fails the task at once, whatever attempts remain', async () => {
       const dt = await h.open();
       let calls = 0;
@@ -142,4 +226,9 @@ export function retryTests(h: Harness): void {
       expect(t.attempts).toHaveLength(1);
     });
   });
+}
+
+/** The value `get` returns once it is set (by a handler that runs meanwhile). */
+async function pollUntilSpawned<T>(get: () => T | undefined): Promise<T> {
+  return pollUntil(async () => get(), 'the handler to spawn');
 }

@@ -24,6 +24,7 @@ export const TASK_COLUMN_TYPES = {
   priority: 'integer',
   run_at: 'bigint',
   attempt: 'integer',
+  attempt_base: 'integer',
   max_attempts: 'integer null',
   backoff_ms: 'bigint null',
   max_backoff_ms: 'bigint null',

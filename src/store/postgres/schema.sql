@@ -85,7 +85,8 @@ CREATE TABLE dynatask.tasks (
     created_at bigint NOT NULL,
     started_at bigint,
     finished_at bigint,
-    settled_at bigint
+    settled_at bigint,
+    attempt_base integer DEFAULT 0 NOT NULL
 );
 
 CREATE TABLE dynatask.type_configs (

@@ -55,6 +55,7 @@ const TASK_COLUMNS = [
   'priority',
   'run_at',
   'attempt',
+  'attempt_base',
   'max_attempts',
   'backoff_ms',
   'max_backoff_ms',
