@@ -543,6 +543,31 @@ describe('answers lost after the server acted', () => {
   });
 });
 
+describe('an operator call whose answer is lost', () => {
+  it('retryTask repeated after a lost answer is answered as done, and retries once', async () => {
+    const s = await server();
+    let calls = 0;
+    s.dt.handle('flaky', async () => {
+      if (++calls === 1) throw new NonRetryableError('first time');
+      return 'second time';
+    });
+    await s.dt.start();
+    const job = await s.dt.submit('flaky', null);
+    await expect(job.result()).rejects.toThrow(/first time/);
+    const path = `/v1/tasks/${job.rootTaskId}/retry`;
+    const proxy = await lossyProxy(s.url, [path]);
+    const operator = await open({ database: proxy.url });
+    cleanups.push(() => operator.close());
+    await operator.retryTask(job.rootTaskId);
+    expect([...proxy.cut]).toEqual([path]);
+    expect(await within(job.result(), 10_000, 'the retried job')).toBe('second time');
+    expect(calls).toBe(2);
+    expect(await s.dt.getTask(job.rootTaskId)).toMatchObject({ state: 'succeeded', attempt: 2 });
+    // Another retry of the task, which has not failed again, is still refused.
+    await expect(operator.retryTask(job.rootTaskId)).rejects.toBeInstanceOf(ConflictError);
+  });
+});
+
 describe('the examples, unchanged, against a server', () => {
   /** Runs examples/<name>.ts as its own process with DYNATASK_DATABASE_URL set; returns its stdout. */
   async function run(name: string, database: string): Promise<string> {

@@ -471,7 +471,11 @@ export class HttpPort implements DynataskPort {
   }
 
   async retryTask(taskId: string): Promise<void> {
-    await this.post(`/v1/tasks/${idPath(taskId, 'task')}/retry`, {});
+    // The request names the failed attempt, so that a repeat after a lost answer is
+    // recognised as done (the task records the attempt it was retried at) and not refused.
+    const task = await this.getTask(taskId);
+    const body = task.state === 'failed' ? { attempt: task.attempt } : {};
+    await this.post(`/v1/tasks/${idPath(taskId, 'task')}/retry`, body);
   }
 
   async purge(): Promise<number> {

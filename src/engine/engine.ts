@@ -912,11 +912,17 @@ export class Engine {
    * because of a child (retry that child), or an ancestor has settled otherwise (it observed
    * the failure and succeeded, or was cancelled): a retry never rewrites a settled success.
    * Children the failure cancelled and dependents it skipped stay as they are.
+   *
+   * With `failedAttempt` (the attempt whose failure the caller saw), a call repeated after
+   * its answer was lost is answered as done: the task records the attempt it was retried at.
    */
-  async retryTask(taskId: string): Promise<void> {
+  async retryTask(taskId: string, failedAttempt?: number): Promise<void> {
     await this.run(async (tx, b) => {
       const [task] = await tx.getTasks([taskId]);
       if (!task) throw new NotFoundError(`task ${taskId} not found`);
+      // The failure of `failedAttempt` has been retried already (this call repeated after a
+      // lost answer): done, whatever the task has done since.
+      if (failedAttempt !== undefined && task.attempt_base >= failedAttempt) return;
       if (task.state !== 'failed')
         throw new ConflictError(`task ${taskId} is ${task.state}: only a failed task can be retried`);
       if (task.handler_done === 1)

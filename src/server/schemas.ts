@@ -235,6 +235,18 @@ export const CancelBody = Type.Object(
   { additionalProperties: false, title: 'CancelRequest' },
 );
 export const CancelReply = Type.Object({ cancelled: Type.Boolean() }, { title: 'CancelResult' });
+export const RetryBody = Type.Object(
+  {
+    attempt: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        description:
+          'The failed attempt to retry (the task view shows it). If that failure was retried already (a request repeated after its answer was lost), the answer is `retried: true` and nothing changes',
+      }),
+    ),
+  },
+  { additionalProperties: false, title: 'RetryRequest' },
+);
 export const RetryReply = Type.Object({ retried: Type.Boolean() }, { title: 'RetryResult' });
 export const EmptyBody = Type.Object({}, { additionalProperties: false });
 

@@ -6,11 +6,11 @@ import type { ServerContext } from '../context.js';
 import {
   CancelBody,
   CancelReply,
-  EmptyBody,
   JobInfo,
   JobParams,
   ListJobsQuery,
   ListJobsReply,
+  RetryBody,
   RetryReply,
   SubmitBody,
   SubmitReply,
@@ -172,12 +172,12 @@ export function jobRoutes(app: Typed, ctx: ServerContext): void {
         summary:
           'Queue a failed task again (fresh attempts), reopening the ancestors and job its failure settled; 409 if it has not failed',
         params: TaskParams,
-        body: EmptyBody,
+        body: RetryBody,
         response: { 200: RetryReply, ...errors(400, 401, 403, 404, 409, 413, 415) },
       },
     },
     async (req) => {
-      await engine.retryTask(req.params.taskId);
+      await engine.retryTask(req.params.taskId, req.body.attempt);
       return { retried: true };
     },
   );
