@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { type Dynatask, NotFoundError, open, ValidationError } from '../src/index.js';
-import { settled, within } from './conformance/harness.js';
+import { deferred, settled, untilState, within } from './conformance/harness.js';
 import { Schemas, withSchema } from './postgres/server.js';
 
 const schemas = new Schemas();
@@ -95,6 +95,59 @@ describe('postgres: submit and spawn inside the caller’s transaction', () => {
     expect(dropped).toMatchObject({ state: 'succeeded', total: 1 });
     const orders = await pool.query(`SELECT id FROM "${schema}".orders ORDER BY id`);
     expect(orders.rows.map((r) => r.id)).toEqual([1]);
+  });
+
+  it('a spawn whose transaction rolled back uses up no implicit key: the re-run after a wait ships once', async () => {
+    const { dt } = await setup();
+    const pool = new pg.Pool({ connectionString: schemas.url, max: 2 });
+    opened.push({ close: () => pool.end() });
+    const release = deferred();
+    let runs = 0;
+    let shipped = 0;
+    dt.handle('order', async (ctx) => {
+      runs++;
+      const client = await pool.connect();
+      try {
+        // The first run's first try rolls back (as a serialisation failure would); the second commits.
+        for (let attempt = 1; ; attempt++) {
+          await client.query('BEGIN');
+          await ctx.spawn('ship', null, { transaction: client });
+          if (runs === 1 && attempt === 1) {
+            await client.query('ROLLBACK');
+            continue;
+          }
+          // Within one open transaction, a second spawn counts on the first one's number.
+          await ctx.spawn('label', null, { transaction: client });
+          await client.query('COMMIT');
+          break;
+        }
+      } finally {
+        client.release();
+      }
+      await ctx.spawn('gate', null); // keeps the wait open, so the handler runs again
+      await ctx.waitAll();
+      return 'done';
+    });
+    dt.handle('ship', () => {
+      shipped++;
+      return 'shipped';
+    });
+    dt.handle('label', () => 'labelled');
+    dt.handle('gate', () => release.promise);
+    await dt.start();
+    const job = await dt.submit('order', null);
+    await untilState(dt, job.rootTaskId, 'waiting');
+    release.resolve();
+    const info = await settled(dt, job);
+    expect(info).toMatchObject({ state: 'succeeded', result: 'done', total: 4 });
+    expect(runs).toBe(2);
+    expect(shipped).toBe(1);
+    const kids = (await dt.tree(job.id)).tasks.filter((t) => t.parentId !== null);
+    expect(kids.map((t) => [t.key, t.type])).toEqual([
+      ['#0', 'ship'],
+      ['#1', 'label'],
+      ['#2', 'gate'],
+    ]);
   });
 
   it('one call may not mix transactions, and a non-client is refused before anything is written', async () => {

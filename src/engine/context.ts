@@ -32,7 +32,15 @@ export type ChildSpec<M extends TaskMap, K extends keyof M & string = keyof M & 
 }[K];
 
 export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
+  /** The next implicit key number never handed out in this run. */
   private spawnSeq = 0;
+  /** Implicit key numbers given back by spawns that wrote nothing: handed out first, lowest first. */
+  private freeSeqs: number[] = [];
+  /**
+   * Spawns made in a caller's transaction, which may yet roll back: their numbers are given
+   * back if their children turn out not to exist (see settleTentative).
+   */
+  private tentative: Array<{ seqs: number[]; keys: string[]; transaction: unknown }> = [];
   /** Set once the handler suspended: whatever it does afterwards is ignored. */
   suspended = false;
 
@@ -62,19 +70,83 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
     return h!;
   }
 
-  /** Spawns many children in one transaction. */
+  /**
+   * Spawns many children in one transaction.
+   *
+   * Children without an explicit key get `#0`, `#1`, ... in the order of the spawns that
+   * succeed in this run of the handler, so that a re-run after a wait, which makes the same
+   * calls, gets the same children back: a spawn that fails, or whose caller's transaction
+   * rolls back, gives its numbers back to the next spawn. Numbers are taken when the call is
+   * made, so concurrent spawns keep the order of their calls.
+   */
   async spawnMany(children: Array<ChildSpec<M>>): Promise<TaskHandle[]> {
     this.throwIfSuspended();
-    const keys = children.map((c, i) => {
+    children.forEach((c, i) => {
       const k = c.options?.key;
-      if (k === undefined) return `#${this.spawnSeq++}`;
-      if (typeof k !== 'string' || k === '' || k.startsWith('#'))
+      if (k !== undefined && (typeof k !== 'string' || k === '' || k.startsWith('#')))
         throw new ValidationError(
           `children[${i}].options.key must be a non-empty string not starting with '#'`,
         );
-      return k;
     });
-    return this.port.spawn(this.ref, children as SpawnSpec[], keys);
+    const transaction = children.find((c) => c.options?.transaction !== undefined)?.options?.transaction;
+    if (this.tentative.length) await this.settleTentative(transaction);
+    const seqs: number[] = [];
+    const keys = children.map((c) => {
+      if (c.options?.key !== undefined) return c.options.key;
+      const n = this.freeSeqs.length ? this.freeSeqs.shift()! : this.spawnSeq++;
+      seqs.push(n);
+      return `#${n}`;
+    });
+    let handles: TaskHandle[];
+    try {
+      handles = await this.port.spawn(this.ref, children as SpawnSpec[], keys);
+    } catch (e) {
+      this.giveBack(seqs);
+      throw e;
+    }
+    if (transaction !== undefined && seqs.length)
+      this.tentative.push({ seqs, keys: seqs.map((n) => `#${n}`), transaction });
+    return handles;
+  }
+
+  private giveBack(seqs: number[]) {
+    if (!seqs.length) return;
+    this.freeSeqs.push(...seqs);
+    this.freeSeqs.sort((a, b) => a - b);
+  }
+
+  /**
+   * Spawns made in a caller's transaction: those whose children exist (committed) keep their
+   * numbers; those whose children are not there either (rolled back) give them back. Ones
+   * seen only inside `transaction`, the transaction of the spawn about to be made, are still
+   * open and stay tentative. A port that cannot look (remote: no caller's transactions) has
+   * none of them.
+   */
+  private async settleTentative(transaction: unknown) {
+    const spawnedKeys = this.port.spawnedKeys?.bind(this.port);
+    if (!spawnedKeys) return;
+    const committed = new Set(
+      await spawnedKeys(
+        this.ref,
+        this.tentative.flatMap((t) => t.keys),
+      ),
+    );
+    let open = this.tentative.filter((t) => !t.keys.every((k) => committed.has(k)));
+    if (open.length && transaction !== undefined) {
+      const inside = new Set(
+        await spawnedKeys(
+          this.ref,
+          open.flatMap((t) => t.keys),
+          transaction,
+        ),
+      );
+      for (const t of open) if (!t.keys.some((k) => inside.has(k))) this.giveBack(t.seqs);
+      open = open.filter((t) => t.keys.some((k) => inside.has(k)));
+    } else {
+      for (const t of open) this.giveBack(t.seqs);
+      open = [];
+    }
+    this.tentative = open;
   }
 
   /**

@@ -404,6 +404,21 @@ export class Engine {
     }, external);
   }
 
+  /**
+   * Of these spawn keys, those a child of `parentId` has: committed, or, in the caller's
+   * transaction `external`, written by it too. Tells a handler's context whether its spawns
+   * in a caller's transaction were kept or rolled back.
+   */
+  async spawnedKeys(parentId: string, keys: string[], external?: unknown): Promise<string[]> {
+    if (!keys.length) return [];
+    const find = (tx: StoreTx) => tx.findChildrenByKey(parentId, keys);
+    const rows =
+      external !== undefined && this.store.transactionWith
+        ? await this.store.transactionWith(external, find)
+        : await this.store.transaction(find);
+    return rows.map((r) => r.spawn_key!);
+  }
+
   // ---------------------------------------------------------------- claiming
 
   /**

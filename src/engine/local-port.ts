@@ -107,6 +107,10 @@ export class LocalPort implements DynataskPort {
     return this.engine.spawn(parent, specs, keys);
   }
 
+  spawnedKeys(parent: AttemptRef, keys: string[], transaction?: unknown) {
+    return this.engine.spawnedKeys(parent.id, keys, transaction);
+  }
+
   wait(ref: AttemptRef, spec: WaitSpec) {
     return this.engine.wait(ref, spec);
   }

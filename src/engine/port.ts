@@ -94,6 +94,11 @@ export interface WorkerPort {
 
   /** Spawns children of a running task; `keys[i]` is the idempotency key of `specs[i]`. */
   spawn(parent: AttemptRef, specs: SpawnSpec[], keys: string[]): Promise<TaskHandle[]>;
+  /**
+   * Of these spawn keys, those a child of the task has: committed ones, or with `transaction`
+   * (a caller's, in-process only) also those its open transaction wrote.
+   */
+  spawnedKeys?(parent: AttemptRef, keys: string[], transaction?: unknown): Promise<string[]>;
   /** A durable wait: the children's outcomes, or `suspended` (the task left `running`). */
   wait(ref: AttemptRef, spec: WaitSpec): Promise<WaitResult>;
   getStep(task: AttemptRef & { jobId: string }, name: string): Promise<{ found: boolean; value: unknown }>;

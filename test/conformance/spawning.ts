@@ -79,6 +79,45 @@ export function spawningTests(h: Harness): void {
       expect((await dt.getJob(job.id)).total).toBe(5);
     });
 
+    it('a spawn that failed uses up no implicit key: the re-run after a wait gets the same children', async () => {
+      const dt = await h.open();
+      let runs = 0;
+      const ran: string[] = [];
+      dt.handle('root', async (ctx) => {
+        if (++runs === 1) {
+          // Failures of the first run only (as a transient one would be), caught by the handler.
+          await ctx
+            .spawnMany([
+              { type: 'kid', payload: 'x' },
+              { type: 'kid', payload: 'y', options: { key: '#taken' } },
+            ])
+            .catch(() => null);
+          await ctx.spawn('kid', { n: 1n }).catch(() => null);
+        }
+        const [a, b] = await ctx.spawnMany([
+          { type: 'kid', payload: 'a' },
+          { type: 'kid', payload: 'b' },
+        ]);
+        const c = await ctx.spawn('kid', 'c');
+        return ctx.waitAll([a!, b!, c]);
+      });
+      dt.handle('kid', async (_ctx, p) => {
+        ran.push(p as string);
+        return p;
+      });
+      await dt.start();
+      const job = await dt.submit('root', null);
+      expect(await job.result()).toEqual(['a', 'b', 'c']);
+      expect(runs).toBeGreaterThanOrEqual(2); // the wait suspended the first run at least once
+      const kids = (await allTasks(dt, job.id)).filter((t) => t.type === 'kid');
+      expect(kids.map((t) => [t.key, t.payload])).toEqual([
+        ['#0', 'a'],
+        ['#1', 'b'],
+        ['#2', 'c'],
+      ]);
+      expect(ran.sort()).toEqual(['a', 'b', 'c']);
+    });
+
     it('a retried handler gets the same children back', async () => {
       const dt = await h.open();
       const runs: TaskHandle[][] = [];
