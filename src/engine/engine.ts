@@ -1058,24 +1058,32 @@ function refuseCycles(
 ) {
   const edges = new Map(deps.map((d) => [d.row.id, d]));
   const state = new Map<string, 'open' | 'done'>();
-  const path: string[] = [];
-  const visit = (id: string) => {
-    state.set(id, 'open');
-    path.push(id);
-    for (const on of edges.get(id)?.on ?? []) {
-      if (!fresh.has(on)) continue;
-      if (state.get(on) === 'open') {
-        const cycle = [...path.slice(path.indexOf(on)), on].map((c) => named(fresh.get(c)!));
+  // Depth first, without recursion: a chain of 100,000 tasks in one spawn must not overflow.
+  for (const d of deps) {
+    if (state.has(d.row.id)) continue;
+    const path: Array<{ id: string; next: number }> = [{ id: d.row.id, next: 0 }];
+    state.set(d.row.id, 'open');
+    while (path.length) {
+      const top = path.at(-1)!;
+      const on = edges.get(top.id)?.on ?? [];
+      if (top.next >= on.length) {
+        state.set(top.id, 'done');
+        path.pop();
+        continue;
+      }
+      const dep = on[top.next++]!;
+      if (!fresh.has(dep) || state.get(dep) === 'done') continue;
+      if (state.get(dep) === 'open') {
+        const ids = path.map((p) => p.id);
+        const cycle = [...ids.slice(ids.indexOf(dep)), dep].map((c) => named(fresh.get(c)!));
         throw new ValidationError(
-          `children[${edges.get(id)!.index}].after: a dependency cycle among the tasks of this spawn: ${cycle.join(' → ')}; none of them could ever run`,
+          `children[${edges.get(top.id)!.index}].after: a dependency cycle among the tasks of this spawn (each after the next): ${cycle.join(' → ')}; none of them could ever run`,
         );
       }
-      if (!state.has(on)) visit(on);
+      state.set(dep, 'open');
+      path.push({ id: dep, next: 0 });
     }
-    path.pop();
-    state.set(id, 'done');
-  };
-  for (const d of deps) if (!state.has(d.row.id)) visit(d.row.id);
+  }
 }
 
 /**
