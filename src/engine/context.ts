@@ -77,7 +77,8 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
    * succeed in this run of the handler, so that a re-run after a wait, which makes the same
    * calls, gets the same children back: a spawn that fails, or whose caller's transaction
    * rolls back, gives its numbers back to the next spawn. Numbers are taken when the call is
-   * made, so concurrent spawns keep the order of their calls.
+   * made (after a spawn in a caller's transaction, once it is known whether that one was
+   * kept), so concurrent spawns keep the order of their calls.
    */
   async spawnMany(children: Array<ChildSpec<M>>): Promise<TaskHandle[]> {
     this.throwIfSuspended();
@@ -125,28 +126,29 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
   private async settleTentative(transaction: unknown) {
     const spawnedKeys = this.port.spawnedKeys?.bind(this.port);
     if (!spawnedKeys) return;
-    const committed = new Set(
-      await spawnedKeys(
-        this.ref,
-        this.tentative.flatMap((t) => t.keys),
-      ),
-    );
-    let open = this.tentative.filter((t) => !t.keys.every((k) => committed.has(k)));
-    if (open.length && transaction !== undefined) {
-      const inside = new Set(
+    // Taken out at once: a concurrent spawn must not give the same numbers back a second time.
+    const groups = this.tentative.splice(0);
+    let committed: Set<string>;
+    let inside = new Set<string>();
+    try {
+      committed = new Set(
         await spawnedKeys(
           this.ref,
-          open.flatMap((t) => t.keys),
-          transaction,
+          groups.flatMap((t) => t.keys),
         ),
       );
-      for (const t of open) if (!t.keys.some((k) => inside.has(k))) this.giveBack(t.seqs);
-      open = open.filter((t) => t.keys.some((k) => inside.has(k)));
-    } else {
-      for (const t of open) this.giveBack(t.seqs);
-      open = [];
+      const unseen = groups.filter((t) => !t.keys.every((k) => committed.has(k))).flatMap((t) => t.keys);
+      if (unseen.length && transaction !== undefined)
+        inside = new Set(await spawnedKeys(this.ref, unseen, transaction));
+    } catch (e) {
+      this.tentative.push(...groups); // not known yet: ask again at the next spawn
+      throw e;
     }
-    this.tentative = open;
+    for (const t of groups) {
+      if (t.keys.every((k) => committed.has(k))) continue;
+      if (t.keys.some((k) => inside.has(k))) this.tentative.push(t);
+      else this.giveBack(t.seqs);
+    }
   }
 
   /**
