@@ -63,10 +63,18 @@ interface Running {
   done: boolean;
 }
 
+/**
+ * The key of one attempt in the worker's memory. Not the task id alone: a handler that
+ * suspended may still be unwinding (an async `finally`) when this worker claims the task's
+ * next attempt, and each must keep its own entry, heartbeats and abort.
+ */
+const attemptKey = (r: AttemptRef) => `${r.id}:${r.token}`;
+
 /** How soon an idle worker looks again at a due task that a concurrency limit held back. */
 const BLOCKED_RECHECK_MS = 200;
 
 export class Worker {
+  /** Attempts this worker holds, by `attemptKey`. */
   private readonly running = new Map<string, Running>();
   private completions: Array<AttemptRef & { result: unknown }> = [];
   private failures: Array<AttemptRef & { error: TaskError }> = [];
@@ -101,7 +109,10 @@ export class Worker {
     const ready = this.port.onReady?.(this.opts.namespace, this.types, () => this.pump());
     if (ready) this.unsubscribe.push(ready);
     const cancelled = this.port.onCancelled?.((ids) => {
-      for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
+      // A cancellation is of the task: it reaches whichever of its attempts runs here.
+      const cancelledIds = new Set(ids);
+      for (const r of this.running.values())
+        if (cancelledIds.has(r.claimed.id)) r.controller.abort(new Error('task cancelled'));
     });
     if (cancelled) this.unsubscribe.push(cancelled);
     // Heartbeats renew leases every third of one; without cancellation notices (a remote
@@ -218,7 +229,7 @@ export class Worker {
     const handler = this.handlers.get(claimed.type)!;
     const controller = new LazyAbort();
     const entry: Running = { claimed, controller, timer: undefined, done: false };
-    this.running.set(claimed.id, entry);
+    this.running.set(attemptKey(claimed), entry);
     const { timeoutMs, payload } = claimed;
     if (timeoutMs !== null) {
       entry.timer = setTimeout(
@@ -270,13 +281,13 @@ export class Worker {
     const ref = { id: entry.claimed.id, token: entry.claimed.token };
     if (entry.controller.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
       // Cancelled or lease lost: the store rejects this attempt's outcome anyway.
-      this.running.delete(ref.id);
+      this.running.delete(attemptKey(ref));
       this.pump();
       this.notifyIdle();
       return;
     }
     if ('suspended' in outcome) {
-      this.running.delete(ref.id);
+      this.running.delete(attemptKey(ref));
       this.pump();
       this.notifyIdle();
       return;
@@ -334,8 +345,8 @@ export class Worker {
         // The leases stay; if the store is back later, expiry retries these attempts.
         this.onError(e);
       }
-      for (const c of completions) this.running.delete(c.id);
-      for (const f of failures) this.running.delete(f.id);
+      for (const c of completions) this.running.delete(attemptKey(c));
+      for (const f of failures) this.running.delete(attemptKey(f));
       if (claimNow) {
         if (claimed) await this.claimed(claimed, want);
         else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
@@ -352,16 +363,15 @@ export class Worker {
   }
 
   private async heartbeat(): Promise<void> {
-    const refs = [...this.running.values()]
-      .filter((r) => !r.done)
-      .map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
-    if (!refs.length) return;
+    const entries = [...this.running.values()].filter((r) => !r.done);
+    if (!entries.length) return;
+    const refs = entries.map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
     try {
       const status = await this.port.heartbeat(refs, this.opts.leaseMs);
+      // Each answer is about the attempt it was asked for, never a later one of the same task.
       status.forEach((s, i) => {
         if (s === 'ok') return;
-        const entry = this.running.get(refs[i]!.id);
-        entry?.controller.abort(new Error(s === 'cancelled' ? 'task cancelled' : 'lease lost'));
+        entries[i]!.controller.abort(new Error(s === 'cancelled' ? 'task cancelled' : 'lease lost'));
       });
     } catch (e) {
       this.onError(e);
