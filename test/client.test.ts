@@ -367,6 +367,28 @@ describe('remote specifics', () => {
     expect(hung.attempts?.map((a) => a.error.name)).toEqual(['LeaseExpired']);
   });
 
+  it("a remote worker that sets no lease holds its tasks for the server's --lease-ms, so a killed one's are retried after it", async () => {
+    const s = await server({ leaseMs: 1000 });
+    // Neither worker chooses a lease: the server's 1 s applies, not a 30 s client default.
+    const doomed = worker({ url: s.url, types: ['slow'], hang: true });
+    await doomed.next('ready');
+    const job = await s.dt.submit('slow', { n: 1 });
+    await doomed.next('hung');
+    doomed.kill('SIGKILL');
+    expect((await doomed.exited).signal).toBe('SIGKILL');
+    const rescuer = worker({ url: s.url, types: ['slow'] });
+    await rescuer.next('ready');
+    expect(await within(job.result(), 10_000, 'the job a few leases of 1 s after the kill')).toEqual({
+      n: 1,
+      pid: rescuer.pid,
+    });
+    const t = await s.dt.getTask(job.rootTaskId);
+    expect(t.attempts?.map((a) => a.error.name)).toEqual(['LeaseExpired']);
+    // The first attempt's lease was the server's: it ran out about 1 s after its last renewal.
+    const lost = t.attempts![0]!;
+    expect(lost.finishedAt - lost.startedAt).toBeLessThan(10_000);
+  });
+
   it('a remote worker stopped with stop() finishes what it runs and leaves nothing claimed', async () => {
     const s = await server();
     const dt = await open({ database: s.url });

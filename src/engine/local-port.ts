@@ -75,7 +75,7 @@ export class LocalPort implements DynataskPort {
     };
   }
 
-  heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
+  heartbeat(items: AttemptRef[], leaseMs?: number): Promise<HeartbeatStatus[]> {
     return this.engine.heartbeat(items, leaseMs);
   }
 

@@ -27,7 +27,8 @@ export interface WorkerOptions {
    * store cannot tell (SQLite), or a wake-up was lost.
    */
   pollMs: number;
-  leaseMs: number;
+  /** The lease the worker asks for; without, the engine's (a server's `--lease-ms`) applies. */
+  leaseMs?: number | undefined;
   /** Longest wait of one long-poll claim, on ports that long-poll (remote workers). */
   longPollMs?: number;
 }
@@ -89,6 +90,7 @@ export class Worker {
   private stopped = true;
   private wakeTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private beating = false;
   private idleWaiters: Array<() => void> = [];
   private readonly unsubscribe: Array<() => void> = [];
   private readonly types: string[];
@@ -115,14 +117,8 @@ export class Worker {
         if (cancelledIds.has(r.claimed.id)) r.controller.abort(new Error('task cancelled'));
     });
     if (cancelled) this.unsubscribe.push(cancelled);
-    // Heartbeats renew leases every third of one; without cancellation notices (a remote
-    // worker), they also tell running handlers of cancellations, so they come more often.
-    const beat = Math.max(
-      50,
-      Math.min(Math.floor(this.opts.leaseMs / 3), this.port.cancelPollMs ?? Number.POSITIVE_INFINITY),
-    );
-    this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
-    this.heartbeatTimer.unref();
+    this.beating = true;
+    this.scheduleHeartbeat();
     this.pump();
   }
 
@@ -147,7 +143,8 @@ export class Worker {
       ]);
       clearTimeout(timer);
     }
-    clearInterval(this.heartbeatTimer);
+    this.beating = false;
+    clearTimeout(this.heartbeatTimer);
     for (const u of this.unsubscribe.splice(0)) u();
     for (const r of this.running.values()) r.controller.abort(new Error('worker stopped'));
     if (this.flushing) await this.flushing;
@@ -360,6 +357,24 @@ export class Worker {
     }
     this.pump();
     this.notifyIdle();
+  }
+
+  /**
+   * Heartbeats renew leases every third of one; without cancellation notices (a remote
+   * worker), they also tell running handlers of cancellations, so they come more often. The
+   * lease is read each time: a remote port learns the server's from its claims.
+   */
+  private scheduleHeartbeat(): void {
+    if (!this.beating) return;
+    const lease = this.opts.leaseMs ?? this.port.leaseMs;
+    const beat = Math.max(
+      50,
+      Math.min(Math.floor(lease / 3), this.port.cancelPollMs ?? Number.POSITIVE_INFINITY),
+    );
+    this.heartbeatTimer = setTimeout(() => {
+      void this.heartbeat().finally(() => this.scheduleHeartbeat());
+    }, beat);
+    this.heartbeatTimer.unref();
   }
 
   private async heartbeat(): Promise<void> {
