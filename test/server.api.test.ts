@@ -142,6 +142,21 @@ describe('HTTP API', () => {
     expect(task.attempts).toMatchObject([{ attempt: 1, error: { name: 'Boom', message: 'boom' } }]);
   });
 
+  it('release gives claimed tasks back unstarted: queued at once, no attempt counted, the token stale', async () => {
+    await submit(s, 'released');
+    const t = await claimOne(s, 'released');
+    const items = [{ id: t.id, token: t.token }];
+    expect((await s.call('POST', '/v1/worker/release', { items })).body).toEqual({ items: ['ok'] });
+    expect((await s.call('GET', `/v1/tasks/${t.id}`)).body).toMatchObject({ state: 'queued', attempt: 1 });
+    expect((await s.call('POST', '/v1/worker/release', { items })).body).toEqual({ items: ['stale'] });
+    const again = await claimOne(s, 'released');
+    expect(again).toMatchObject({ id: t.id, attempt: 1 });
+    const done = { completed: [{ id: t.id, token: again.token, result: 'r' }] };
+    expect((await s.call('POST', '/v1/worker/report', done)).body.completed).toEqual(['ok']);
+    const empty = await s.call('POST', '/v1/worker/release', { items: [] });
+    expect(empty.status).toBe(400);
+  });
+
   it('spawn is idempotent by key; wait, progress, steps and heartbeat', async () => {
     const job = await submit(s, 'parent');
     const p = await claimOne(s, 'parent');

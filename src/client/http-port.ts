@@ -326,6 +326,16 @@ export class HttpPort implements DynataskPort {
     out.claimed.push(...this.tasksOf(r.tasks));
   }
 
+  async release(items: AttemptRef[]): Promise<boolean[]> {
+    const out: boolean[] = [];
+    for (let i = 0; i < items.length; i += 1000) {
+      const chunk = items.slice(i, i + 1000).map((r) => ({ id: r.id, token: r.token }));
+      const r = await this.post<{ items: Array<'ok' | 'stale'> }>('/v1/worker/release', { items: chunk });
+      out.push(...r.items.map((s) => s === 'ok'));
+    }
+    return out;
+  }
+
   async heartbeat(items: AttemptRef[], leaseMs = this.askedLeaseMs): Promise<HeartbeatStatus[]> {
     const out: HeartbeatStatus[] = [];
     for (let i = 0; i < items.length; i += 10_000) {

@@ -75,6 +75,10 @@ export class LocalPort implements DynataskPort {
     };
   }
 
+  release(items: AttemptRef[]): Promise<boolean[]> {
+    return this.engine.release(items);
+  }
+
   heartbeat(items: AttemptRef[], leaseMs?: number): Promise<HeartbeatStatus[]> {
     return this.engine.heartbeat(items, leaseMs);
   }

@@ -76,6 +76,11 @@ export interface WorkerPort {
     failed: Array<AttemptRef & { error: TaskError }>,
     next?: ClaimQuery,
   ): Promise<ReportResult>;
+  /**
+   * Gives back claimed tasks this worker will not start (it stops): queued again at once,
+   * without counting an attempt. Per item, whether the attempt still held its task.
+   */
+  release(items: AttemptRef[]): Promise<boolean[]>;
   /** Renews the leases of running attempts, by `leaseMs`, else by the engine's default lease. */
   heartbeat(items: AttemptRef[], leaseMs?: number): Promise<HeartbeatStatus[]>;
   /**

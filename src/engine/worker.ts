@@ -180,6 +180,15 @@ export class Worker {
   private async claimed(claimed: PortTask[], want: number): Promise<void> {
     this.claiming = false;
     this.longPoll = undefined;
+    if (this.stopped) {
+      // Stopping: what the claim brought is given back unstarted, for another worker to take
+      // now rather than once its lease expires. (stop waits for this: it awaits the claim.)
+      if (claimed.length)
+        await this.port
+          .release(claimed.map((c) => ({ id: c.id, token: c.token })))
+          .catch((e) => this.onError(e));
+      return;
+    }
     for (const c of claimed) this.runTask(c);
     if (claimed.length === want) {
       this.pump();

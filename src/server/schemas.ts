@@ -373,6 +373,15 @@ export const HeartbeatReply = Type.Object(
   { title: 'HeartbeatResult' },
 );
 
+/** Claimed tasks a worker gives back unstarted (it stops): queued again, no attempt counted. */
+export const ReleaseBody = Type.Object(
+  {
+    items: Type.Array(Type.Object(Ref, { additionalProperties: false }), { minItems: 1, maxItems: 1000 }),
+  },
+  { additionalProperties: false, title: 'ReleaseRequest' },
+);
+export const ReleaseReply = Type.Object({ items: Type.Array(Status) }, { title: 'ReleaseResult' });
+
 /** A per-item failure inside a batched answer. */
 const ItemError = Type.Object(
   {

@@ -15,6 +15,8 @@ import {
   HeartbeatReply,
   OkReply,
   ProgressBody,
+  ReleaseBody,
+  ReleaseReply,
   ReportBody,
   ReportReply,
   SpawnBody,
@@ -188,6 +190,25 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       },
     },
     async (req) => ({ items: await engine.heartbeat(req.body.items, req.body.leaseMs) }),
+  );
+
+  app.post(
+    '/v1/worker/release',
+    {
+      config: worker,
+      schema: {
+        operationId: 'release',
+        tags,
+        summary:
+          'Give back claimed tasks not started (the worker stops): queued again at once, no attempt counted',
+        body: ReleaseBody,
+        response: { 200: ReleaseReply, ...errors(400, 401, 403, 413, 415) },
+      },
+    },
+    async (req) => {
+      const held = await engine.release(req.body.items.map((i) => ({ id: i.id, token: i.token })));
+      return { items: held.map((ok) => (ok ? ('ok' as const) : ('stale' as const))) };
+    },
   );
 
   app.post(
