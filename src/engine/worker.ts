@@ -6,7 +6,7 @@
  */
 import { TaskContext, type TaskMap } from './context.js';
 import type { AttemptRef } from './engine.js';
-import { SuspendSignal, toTaskError } from './errors.js';
+import { SuspendSignal, toTaskError, ValidationError } from './errors.js';
 import type { PortTask, WorkerPort } from './port.js';
 import type { TaskError } from './types.js';
 
@@ -71,6 +71,29 @@ interface Running {
  */
 const attemptKey = (r: AttemptRef) => `${r.id}:${r.token}`;
 
+/** Backoff between tries of a report that failed: from the first to the most. */
+const REPORT_RETRY_MS = 100;
+const REPORT_RETRY_MAX_MS = 5000;
+
+/**
+ * Whether a report that threw may succeed if sent again: anything but a refusal of the request
+ * itself (bad input, or a server's 4xx such as a missing token), which would fail again. A busy
+ * or unreachable database, a deadlock, a commit of unknown outcome, a server restarting: the
+ * report is idempotent by attempt token, so sending it again is safe.
+ */
+function reportRetryable(e: unknown): boolean {
+  if (e instanceof ValidationError) return false;
+  const status = (e as { name?: unknown; status?: unknown } | null)?.status;
+  return !(
+    (e as { name?: unknown }).name === 'HttpError' &&
+    typeof status === 'number' &&
+    status >= 400 &&
+    status < 500 &&
+    status !== 408 &&
+    status !== 429
+  );
+}
+
 /** How soon an idle worker looks again at a due task that a concurrency limit held back. */
 const BLOCKED_RECHECK_MS = 200;
 
@@ -80,6 +103,11 @@ export class Worker {
   private completions: Array<AttemptRef & { result: unknown }> = [];
   private failures: Array<AttemptRef & { error: TaskError }> = [];
   private flushScheduled = false;
+  /** Failed tries of the outcomes waiting to be reported again, and the timer of the next. */
+  private reportFailures = 0;
+  private reportRetryTimer: NodeJS.Timeout | undefined;
+  /** Set once stop's grace is over: a report that fails then is not tried again. */
+  private givingUp = false;
   private flushing: Promise<void> | null = null;
   /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
   private claiming: Promise<void> | false = false;
@@ -147,7 +175,22 @@ export class Worker {
     clearTimeout(this.heartbeatTimer);
     for (const u of this.unsubscribe.splice(0)) u();
     for (const r of this.running.values()) r.controller.abort(new Error('worker stopped'));
+    this.givingUp = true;
     if (this.flushing) await this.flushing;
+    clearTimeout(this.reportRetryTimer);
+    this.reportRetryTimer = undefined;
+    this.flushScheduled = false;
+    const unreported = this.completions.length + this.failures.length;
+    if (unreported) {
+      // The grace is over and the store still refuses them: their leases expire instead.
+      for (const o of [...this.completions, ...this.failures]) this.running.delete(attemptKey(o));
+      this.completions = [];
+      this.failures = [];
+      this.onError(
+        new Error(`${unreported} outcomes not stored before stop; their tasks run again after their leases`),
+      );
+    }
+    this.givingUp = false;
   }
 
   /** Number of handlers running now. */
@@ -338,6 +381,7 @@ export class Worker {
     }
     this.flushing = (async () => {
       let claimed: PortTask[] | undefined;
+      let retry = false;
       try {
         const r = await this.port.report(
           completions,
@@ -347,12 +391,23 @@ export class Worker {
             : undefined,
         );
         claimed = claimNow ? r.claimed : undefined;
+        this.reportFailures = 0;
       } catch (e) {
-        // The leases stay; if the store is back later, expiry retries these attempts.
         this.onError(e);
+        // Sent again after a backoff (with what finishes meanwhile), as it is idempotent by
+        // token: dropped, these attempts would run again once their leases expired. The
+        // worker keeps heartbeating them meanwhile.
+        retry = reportRetryable(e) && !this.givingUp;
+        if (retry) {
+          this.completions = completions.concat(this.completions);
+          this.failures = failures.concat(this.failures);
+          this.retryReport();
+        }
       }
-      for (const c of completions) this.running.delete(attemptKey(c));
-      for (const f of failures) this.running.delete(attemptKey(f));
+      if (!retry) {
+        for (const c of completions) this.running.delete(attemptKey(c));
+        for (const f of failures) this.running.delete(attemptKey(f));
+      }
       if (claimNow) {
         if (claimed) await this.claimed(claimed, want);
         else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
@@ -366,6 +421,22 @@ export class Worker {
     }
     this.pump();
     this.notifyIdle();
+  }
+
+  /** Schedules the next try of the outcomes a failed report left, after a capped backoff. */
+  private retryReport(): void {
+    this.reportFailures++;
+    const exp = Math.min(REPORT_RETRY_MAX_MS, REPORT_RETRY_MS * 2 ** (this.reportFailures - 1));
+    // Outcomes finishing meanwhile wait for this try instead of flushing at once.
+    this.flushScheduled = true;
+    clearTimeout(this.reportRetryTimer);
+    this.reportRetryTimer = setTimeout(
+      () => {
+        this.reportRetryTimer = undefined;
+        void this.flush();
+      },
+      exp / 2 + (Math.random() * exp) / 2,
+    );
   }
 
   /**
@@ -387,7 +458,9 @@ export class Worker {
   }
 
   private async heartbeat(): Promise<void> {
-    const entries = [...this.running.values()].filter((r) => !r.done);
+    // Attempts whose outcome waits to be stored (a report failed) are still held: their
+    // leases are renewed until it is.
+    const entries = [...this.running.values()];
     if (!entries.length) return;
     const refs = entries.map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
     try {

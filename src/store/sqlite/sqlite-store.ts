@@ -112,6 +112,8 @@ export interface SqliteStoreOptions {
   path: string;
   /** PRAGMA synchronous: NORMAL (default) survives a process crash; FULL also survives power loss. */
   synchronous?: 'NORMAL' | 'FULL';
+  /** How long a write waits for another connection's write lock before SQLITE_BUSY. Default 10 s. */
+  busyTimeoutMs?: number;
 }
 
 export class SqliteStore implements Store {
@@ -127,7 +129,7 @@ export class SqliteStore implements Store {
     this.db = new Database(opts.path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
-    this.db.pragma('busy_timeout = 10000');
+    this.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 10_000))}`);
     // A task row and its index entries are touched several times in its life: keep the hot
     // pages in memory (64 MiB page cache, memory-mapped reads) instead of SQLite's 2 MiB default.
     this.db.pragma('cache_size = -65536');
