@@ -107,6 +107,12 @@ export async function open<M extends TaskMap = TaskMap>(opts: OpenOptions = {}):
       token: opts.token ?? process.env.DYNATASK_TOKEN,
       ...(opts.leaseMs !== undefined ? { leaseMs: opts.leaseMs } : {}),
     });
+    try {
+      await port.connect(database);
+    } catch (e) {
+      await port.close();
+      throw e;
+    }
     return new Dynatask<M>(port, opts);
   }
   const store = opts.store ?? (await openStore(database));

@@ -255,6 +255,31 @@ describe('remote specifics', () => {
     expect((err as HttpError).code).toBe('unreachable');
   });
 
+  it('open() on a URL where no server listens fails within a few seconds, naming the URL', async () => {
+    // A port that was just free: nothing listens there.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise((r) => probe.close(r));
+    const url = `http://127.0.0.1:${port}`;
+    const t0 = Date.now();
+    const err = await within(
+      open({ database: url }).then(
+        async (dt) => {
+          await dt.close();
+          return 'opened';
+        },
+        (e: unknown) => e,
+      ),
+      10_000,
+      'open() to fail',
+    );
+    expect(err).toBeInstanceOf(HttpError);
+    expect((err as HttpError).message).toContain(url);
+    expect((err as HttpError).code).toBe('unreachable');
+    expect(Date.now() - t0).toBeLessThan(8000);
+  });
+
   it('submits idempotently: a repeated submission with the same job id returns the job', async () => {
     const s = await server();
     const dt = await open({ database: s.url });

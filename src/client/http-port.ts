@@ -34,7 +34,7 @@ import type {
   TaskInfo,
 } from '../engine/types.js';
 import { streamEvents } from './events.js';
-import { errorFrom, PayloadTooLargeError, Transport, type TransportOptions } from './transport.js';
+import { errorFrom, HttpError, PayloadTooLargeError, Transport, type TransportOptions } from './transport.js';
 
 /** A claimed task as the server sends it. */
 interface WireTask {
@@ -165,6 +165,9 @@ export interface HttpPortOptions extends TransportOptions {
   leaseMs?: number;
 }
 
+/** How long `open()` tries to reach the server before it fails. */
+const CONNECT_WITHIN_MS = 3000;
+
 /** The lease assumed until a claim shows the server's: the server's own default. */
 const SERVER_DEFAULT_LEASE_MS = 30_000;
 
@@ -204,6 +207,28 @@ export class HttpPort implements DynataskPort {
 
   get where(): string {
     return this.transport.origin;
+  }
+
+  /**
+   * Checks that a dynatask server answers at the URL (its unauthenticated `/healthz`), trying
+   * for `withinMs` through connection errors and 503s: a wrong URL or a server that is down
+   * fails `open()` at once, naming the URL, not the first call after the transport's retries.
+   */
+  async connect(url: string, withinMs = CONNECT_WITHIN_MS): Promise<void> {
+    try {
+      const r = await this.transport.call<{ status?: unknown }>('GET', '/healthz', undefined, {
+        retryForMs: withinMs,
+      });
+      if (r?.status !== 'ok') throw new Error('its /healthz did not answer {"status":"ok"}');
+    } catch (e) {
+      const status = e instanceof HttpError ? e.status : 0;
+      throw new HttpError(
+        status,
+        status === 0 ? 'unreachable' : 'not_a_server',
+        `database: no dynatask server answers at ${url}: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
   }
 
   private post<T>(path: string, body: unknown, signal?: AbortSignal): Promise<T> {
