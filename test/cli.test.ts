@@ -3,11 +3,13 @@
  * (`npm test` builds dist/ before running the tests).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { open } from '../src/index.js';
+import { deferred, within } from './conformance/harness.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bin = join(root, 'bin', 'dynatask.js');
@@ -105,6 +107,37 @@ describe('dynatask demo', () => {
   });
 });
 
+describe('dynatask task', () => {
+  it('shows which worker holds a running task, and until when its lease runs', async () => {
+    const file = join(dir, 'held.db');
+    const dt = await open({ database: file, leaseMs: 60_000 });
+    const started = deferred();
+    const finish = deferred();
+    dt.handle('held', async () => {
+      started.resolve();
+      await finish.promise;
+    });
+    try {
+      await dt.start();
+      const job = await dt.submit('held', null);
+      await within(started.promise, 5000, 'the handler');
+      const r = await dynatask(['task', job.rootTaskId, '--database', file]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/state\s+running/);
+      expect(r.stdout).toMatch(new RegExp(`worker\\s+\\S+:${process.pid}:[0-9a-f-]{36}\n`));
+      expect(r.stdout).toMatch(/lease until\s+\d{4}-/);
+      const json = JSON.parse(
+        (await dynatask(['task', job.rootTaskId, '--database', file, '--json'])).stdout,
+      );
+      expect(json.workerId).toMatch(new RegExp(`:${process.pid}:`));
+      expect(json.leaseExpiresAt).toBeGreaterThan(Date.now() + 30_000);
+    } finally {
+      finish.resolve();
+      await dt.close();
+    }
+  });
+});
+
 describe('dynatask commands on bad input', () => {
   it('names an unknown job or task id and exits 1', async () => {
     expectUserError(await dynatask(['job', 'no-such-job', '--database', db]), /job no-such-job not found/);
@@ -148,9 +181,14 @@ describe('dynatask migrate', () => {
     const fresh = join(dir, 'fresh.db');
     const before = await dynatask(['migrate', '--check', '--database', fresh, '--json']);
     expect(before.code).toBe(1);
-    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: ['001_init.sql'] });
+    // Every migration of this version, in order.
+    const all = readdirSync(join(root, 'src/store/sqlite/migrations'))
+      .filter((f) => f.endsWith('.sql'))
+      .sort();
+    expect(all[0]).toBe('001_init.sql');
+    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: all });
     const applied = await dynatask(['migrate', '--database', fresh]);
-    expect(applied).toMatchObject({ code: 0, stdout: 'applied 001_init.sql\n' });
+    expect(applied).toMatchObject({ code: 0, stdout: `applied ${all.join(', ')}\n` });
     expect((await dynatask(['migrate', '--database', fresh])).stdout).toBe('the schema is up to date\n');
     expect((await dynatask(['migrate', '--check', '--database', fresh])).code).toBe(0);
   });

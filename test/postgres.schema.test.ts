@@ -6,12 +6,18 @@
  *   node scripts/postgres.mjs -- npx vitest run test/postgres.schema.test.ts -u
  */
 import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pgBinary } from '../scripts/postgres.mjs';
 import { open, ValidationError } from '../src/index.js';
 import { TASK_COLUMN_TYPES } from '../src/store/postgres/columns.js';
 import { PostgresStore } from '../src/store/postgres/postgres-store.js';
 import { Schemas, withSchema } from './postgres/server.js';
+
+/** Every Postgres migration of this version, in the order they apply. */
+const MIGRATIONS = readdirSync(new URL('../src/store/postgres/migrations/', import.meta.url))
+  .filter((f) => f.endsWith('.sql'))
+  .sort();
 
 const schemas = new Schemas();
 afterAll(() => schemas.dropAll());
@@ -82,10 +88,13 @@ describe('postgres schema', () => {
     const url = withSchema(schemas.url, schema);
     const err = await open({ database: url, migrate: false }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ValidationError);
-    expect((err as Error).message).toMatch(/lacks migrations 001_init\.sql: run `dynatask migrate`/);
+    expect((err as Error).message).toContain(
+      `lacks migrations ${MIGRATIONS.join(', ')}: run \`dynatask migrate\``,
+    );
     const store = new PostgresStore({ url: schemas.url, schema });
-    expect(await store.pendingMigrations()).toEqual(['001_init.sql']);
-    expect(await store.migrate()).toEqual(['001_init.sql']);
+    expect(MIGRATIONS[0]).toBe('001_init.sql');
+    expect(await store.pendingMigrations()).toEqual(MIGRATIONS);
+    expect(await store.migrate()).toEqual(MIGRATIONS);
     expect(await store.migrate()).toEqual([]);
     expect(await store.pendingMigrations()).toEqual([]);
     await store.close();

@@ -194,6 +194,8 @@ export const TaskInfo = Type.Object(
     finishedAt: Nullable(Type.Integer()),
     settledAt: Nullable(Type.Integer()),
     openChildren: Type.Integer(),
+    workerId: Nullable(Type.String({ description: 'The worker holding the task while it runs' })),
+    leaseExpiresAt: Nullable(Type.Integer({ description: "While it runs: when its worker's lease expires" })),
     attempts: Type.Optional(Type.Array(AttemptRecord)),
   },
   { title: 'TaskInfo' },

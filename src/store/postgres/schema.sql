@@ -85,7 +85,8 @@ CREATE TABLE dynatask.tasks (
     created_at bigint NOT NULL,
     started_at bigint,
     finished_at bigint,
-    settled_at bigint
+    settled_at bigint,
+    worker_id text COLLATE pg_catalog."C"
 );
 
 CREATE TABLE dynatask.type_configs (

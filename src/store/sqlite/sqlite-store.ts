@@ -80,6 +80,7 @@ const TASK_COLUMNS = [
   'started_at',
   'finished_at',
   'settled_at',
+  'worker_id',
 ] as const satisfies ReadonlyArray<keyof TaskRow>;
 
 const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXT_COLUMNS.has(c)).join(', ');
@@ -226,7 +227,7 @@ export class SqliteStore implements Store {
     const claimRead = st(`SELECT ${CLAIM_COLUMNS} FROM tasks WHERE id = ?`);
     const claimWrite = st(
       `UPDATE tasks SET state = 'running', attempt = ?, run_token = ?, started_at = ?, slots_held = ?,
-         timeout_ms = ?, lease_expires_at = ? WHERE id = ?`,
+         timeout_ms = ?, lease_expires_at = ?, worker_id = ? WHERE id = ?`,
     );
     const completeRead = st(`SELECT ${COMPLETED_COLUMNS}, run_token FROM tasks WHERE id = ?`);
     const completeWrite = st(
@@ -370,6 +371,7 @@ export class SqliteStore implements Store {
             r.slots_held,
             r.timeout_ms,
             r.lease_expires_at,
+            q.workerId,
             r.id,
           );
           rows.push(r);
