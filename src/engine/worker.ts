@@ -74,6 +74,12 @@ const attemptKey = (r: AttemptRef) => `${r.id}:${r.token}`;
 /** Backoff between tries of a report that failed: from the first to the most. */
 const REPORT_RETRY_MS = 100;
 const REPORT_RETRY_MAX_MS = 5000;
+/**
+ * How long outcomes are tried again before they are given up (their tasks then run again once
+ * their leases expire): beyond a database restart, short of renewing a lease for ever on an
+ * error that does not pass.
+ */
+const REPORT_RETRY_FOR_MS = 120_000;
 
 /**
  * Whether a report that threw may succeed if sent again: anything but a refusal of the request
@@ -105,6 +111,7 @@ export class Worker {
   private flushScheduled = false;
   /** Failed tries of the outcomes waiting to be reported again, and the timer of the next. */
   private reportFailures = 0;
+  private reportFailingSince = 0;
   private reportRetryTimer: NodeJS.Timeout | undefined;
   /** Set once stop's grace is over: a report that fails then is not tried again. */
   private givingUp = false;
@@ -392,16 +399,23 @@ export class Worker {
         );
         claimed = claimNow ? r.claimed : undefined;
         this.reportFailures = 0;
+        this.reportFailingSince = 0;
       } catch (e) {
         this.onError(e);
         // Sent again after a backoff (with what finishes meanwhile), as it is idempotent by
         // token: dropped, these attempts would run again once their leases expired. The
         // worker keeps heartbeating them meanwhile.
-        retry = reportRetryable(e) && !this.givingUp;
+        this.reportFailingSince ||= Date.now();
+        retry =
+          reportRetryable(e) && !this.givingUp && Date.now() - this.reportFailingSince < REPORT_RETRY_FOR_MS;
         if (retry) {
           this.completions = completions.concat(this.completions);
           this.failures = failures.concat(this.failures);
           this.retryReport();
+        } else {
+          // Given up (their leases expire instead): later outcomes start with a fresh budget.
+          this.reportFailures = 0;
+          this.reportFailingSince = 0;
         }
       }
       if (!retry) {
