@@ -278,7 +278,9 @@ const ClaimFields = {
   namespace: Type.Optional(Namespace),
   types: Type.Array(TaskType, { minItems: 1, maxItems: 1000 }),
   limit: Type.Integer({ minimum: 1, maximum: 1000 }),
-  leaseMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'Default 30000' })),
+  leaseMs: Type.Optional(
+    Type.Integer({ minimum: 100, maximum: 86_400_000, description: "Default: the server's --lease-ms" }),
+  ),
   workerId: Type.Optional(WorkerId),
   claimId: Type.Optional({
     ...Id,
