@@ -32,7 +32,10 @@ export interface OpenOptions {
   token?: string;
   /** Namespace of submitted jobs and served tasks. Default `default`. */
   namespace?: string;
-  /** Lease of a claimed task; heartbeats renew it every third of it. Default 30 s. */
+  /**
+   * Lease of a claimed task; heartbeats renew it every third of it. Default 30 s; against a
+   * server, the server's (`dynatask server --lease-ms`).
+   */
   leaseMs?: number;
   /**
    * Apply the schema migrations the database lacks on open (the default). With `false`, open
@@ -104,6 +107,12 @@ export async function open<M extends TaskMap = TaskMap>(opts: OpenOptions = {}):
       token: opts.token ?? process.env.DYNATASK_TOKEN,
       ...(opts.leaseMs !== undefined ? { leaseMs: opts.leaseMs } : {}),
     });
+    try {
+      await port.connect(database);
+    } catch (e) {
+      await port.close();
+      throw e;
+    }
     return new Dynatask<M>(port, opts);
   }
   const store = opts.store ?? (await openStore(database));
@@ -131,6 +140,8 @@ export const isServerUrl = (database: string) => /^https?:\/\//i.test(database);
 
 export class Dynatask<M extends TaskMap = TaskMap> {
   readonly namespace: string;
+  /** The lease given to open(), if any. */
+  private readonly leaseMs: number | undefined;
   private readonly handlers = new Map<string, Handler>();
   private readonly handlerOptions = new Map<string, HandlerOptions>();
   private worker: Worker | undefined;
@@ -142,6 +153,7 @@ export class Dynatask<M extends TaskMap = TaskMap> {
     opts: OpenOptions = {},
   ) {
     this.namespace = opts.namespace ?? DEFAULTS.namespace;
+    this.leaseMs = opts.leaseMs;
   }
 
   /** True when this instance talks to a dynatask server over HTTP. */
@@ -193,7 +205,8 @@ export class Dynatask<M extends TaskMap = TaskMap> {
       concurrency: opts.concurrency ?? 256,
       batchSize: opts.batchSize ?? 256,
       pollMs: opts.pollMs ?? (local && !local.store.onReady ? 500 : 5000),
-      leaseMs: this.port.leaseMs,
+      // Only a lease chosen here is asked for: else the engine's applies (a server's --lease-ms).
+      leaseMs: this.leaseMs,
     });
     this.worker.start();
     this.workerDone = await this.port.workerStarted(this.namespace, [...this.handlers.keys()]);

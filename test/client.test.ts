@@ -255,6 +255,31 @@ describe('remote specifics', () => {
     expect((err as HttpError).code).toBe('unreachable');
   });
 
+  it('open() on a URL where no server listens fails within a few seconds, naming the URL', async () => {
+    // A port that was just free: nothing listens there.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise((r) => probe.close(r));
+    const url = `http://127.0.0.1:${port}`;
+    const t0 = Date.now();
+    const err = await within(
+      open({ database: url }).then(
+        async (dt) => {
+          await dt.close();
+          return 'opened';
+        },
+        (e: unknown) => e,
+      ),
+      10_000,
+      'open() to fail',
+    );
+    expect(err).toBeInstanceOf(HttpError);
+    expect((err as HttpError).message).toContain(url);
+    expect((err as HttpError).code).toBe('unreachable');
+    expect(Date.now() - t0).toBeLessThan(8000);
+  });
+
   it('submits idempotently: a repeated submission with the same job id returns the job', async () => {
     const s = await server();
     const dt = await open({ database: s.url });
@@ -365,6 +390,28 @@ describe('remote specifics', () => {
     const hung = await s.dt.getTask(taskId);
     expect(hung.state).toBe('succeeded');
     expect(hung.attempts?.map((a) => a.error.name)).toEqual(['LeaseExpired']);
+  });
+
+  it("a remote worker that sets no lease holds its tasks for the server's --lease-ms, so a killed one's are retried after it", async () => {
+    const s = await server({ leaseMs: 1000 });
+    // Neither worker chooses a lease: the server's 1 s applies, not a 30 s client default.
+    const doomed = worker({ url: s.url, types: ['slow'], hang: true });
+    await doomed.next('ready');
+    const job = await s.dt.submit('slow', { n: 1 });
+    await doomed.next('hung');
+    doomed.kill('SIGKILL');
+    expect((await doomed.exited).signal).toBe('SIGKILL');
+    const rescuer = worker({ url: s.url, types: ['slow'] });
+    await rescuer.next('ready');
+    expect(await within(job.result(), 10_000, 'the job a few leases of 1 s after the kill')).toEqual({
+      n: 1,
+      pid: rescuer.pid,
+    });
+    const t = await s.dt.getTask(job.rootTaskId);
+    expect(t.attempts?.map((a) => a.error.name)).toEqual(['LeaseExpired']);
+    // The first attempt's lease was the server's: it ran out about 1 s after its last renewal.
+    const lost = t.attempts![0]!;
+    expect(lost.finishedAt - lost.startedAt).toBeLessThan(10_000);
   });
 
   it('a remote worker stopped with stop() finishes what it runs and leaves nothing claimed', async () => {

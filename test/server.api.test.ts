@@ -3,8 +3,10 @@
  * shapes (400 naming the field, 401, 403, 404, 409, 413, 415), idempotent retries of submit,
  * complete, fail and spawn, long polls woken by a submission, and event streams.
  */
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTokens } from '../src/server/auth.js';
+import { pollUntil } from './conformance/harness.js';
 import { fanOutHandlers, type Loose, runWorker, startServer, type TestServer } from './fixtures/http.js';
 
 const UNKNOWN = '0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f';
@@ -140,6 +142,21 @@ describe('HTTP API', () => {
     expect((await s.call('POST', '/v1/worker/report', fail)).body.failed).toEqual(['stale']);
     const task = (await s.call('GET', `/v1/tasks/${f.id}`)).body;
     expect(task.attempts).toMatchObject([{ attempt: 1, error: { name: 'Boom', message: 'boom' } }]);
+  });
+
+  it('release gives claimed tasks back unstarted: queued at once, no attempt counted, the token stale', async () => {
+    await submit(s, 'released');
+    const t = await claimOne(s, 'released');
+    const items = [{ id: t.id, token: t.token }];
+    expect((await s.call('POST', '/v1/worker/release', { items })).body).toEqual({ items: ['ok'] });
+    expect((await s.call('GET', `/v1/tasks/${t.id}`)).body).toMatchObject({ state: 'queued', attempt: 1 });
+    expect((await s.call('POST', '/v1/worker/release', { items })).body).toEqual({ items: ['stale'] });
+    const again = await claimOne(s, 'released');
+    expect(again).toMatchObject({ id: t.id, attempt: 1 });
+    const done = { completed: [{ id: t.id, token: again.token, result: 'r' }] };
+    expect((await s.call('POST', '/v1/worker/report', done)).body.completed).toEqual(['ok']);
+    const empty = await s.call('POST', '/v1/worker/release', { items: [] });
+    expect(empty.status).toBe(400);
   });
 
   it('spawn is idempotent by key; wait, progress, steps and heartbeat', async () => {
@@ -554,6 +571,38 @@ describe('HTTP server operations', () => {
       const task = (await s.call('GET', `/v1/tasks/${first.id}`)).body;
       expect(task.attempts).toMatchObject([{ attempt: 1, error: { name: 'LeaseExpired' } }]);
       expect((await s.call('GET', '/metrics')).body).toContain('dynatask_lease_expiries_total 1');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('logs event-stream requests like every other request: when they open and when they end', async () => {
+    const lines: Loose[] = [];
+    const stream = new Writable({
+      write(chunk, _enc, done) {
+        for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+        done();
+      },
+    });
+    const s = await startServer({ logger: { level: 'info', stream } });
+    try {
+      const job = await submit(s, 'logged');
+      for (const path of ['/v1/events', `/v1/jobs/${job.jobId}/events?kinds=job`]) {
+        const ac = new AbortController();
+        const res = await fetch(`${s.url}${path}`, { signal: ac.signal });
+        expect(res.status).toBe(200);
+        const logged = (msg: string) => lines.find((l) => l.msg === msg && l.url === path);
+        expect(await pollUntil(async () => logged('event stream opened'), 'the open logged')).toMatchObject({
+          method: 'GET',
+          status: 200,
+        });
+        ac.abort();
+        expect(await pollUntil(async () => logged('request'), 'the request logged')).toMatchObject({
+          method: 'GET',
+          status: 200,
+          route: path.startsWith('/v1/events') ? '/v1/events' : '/v1/jobs/:jobId/events',
+        });
+      }
     } finally {
       await s.close();
     }

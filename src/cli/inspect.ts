@@ -117,6 +117,8 @@ function describeTask(t: TaskInfo): string {
       ['run at', formatTime(t.runAt)],
       ['created', formatTime(t.createdAt)],
       ['started', t.startedAt === null ? null : formatTime(t.startedAt)],
+      ['worker', t.workerId],
+      ['lease until', t.leaseExpiresAt === null ? null : formatTime(t.leaseExpiresAt)],
       ['finished', t.finishedAt === null ? null : formatTime(t.finishedAt)],
       ['settled', t.settledAt === null ? null : formatTime(t.settledAt)],
       ['open children', t.openChildren > 0 ? String(t.openChildren) : null],

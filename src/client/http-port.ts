@@ -34,7 +34,7 @@ import type {
   TaskInfo,
 } from '../engine/types.js';
 import { streamEvents } from './events.js';
-import { errorFrom, PayloadTooLargeError, Transport, type TransportOptions } from './transport.js';
+import { errorFrom, HttpError, PayloadTooLargeError, Transport, type TransportOptions } from './transport.js';
 
 /** A claimed task as the server sends it. */
 interface WireTask {
@@ -46,6 +46,9 @@ interface WireTask {
   attempt: number;
   token: number;
   timeoutMs: number | null;
+  /** On the server's clock: their difference is the lease the server granted. */
+  startedAt?: number;
+  leaseExpiresAt?: number;
 }
 
 type ItemError = { error: { code: string; message: string } };
@@ -158,15 +161,24 @@ function query(params: Record<string, string | number | undefined>): string {
 }
 
 export interface HttpPortOptions extends TransportOptions {
-  /** Lease of claimed tasks. Default 30 s. */
+  /** Lease of claimed tasks. Default: the server's (`dynatask server --lease-ms`). */
   leaseMs?: number;
 }
+
+/** How long `open()` tries to reach the server before it fails. */
+const CONNECT_WITHIN_MS = 3000;
+
+/** The lease assumed until a claim shows the server's: the server's own default. */
+const SERVER_DEFAULT_LEASE_MS = 30_000;
 
 export class HttpPort implements DynataskPort {
   readonly longPoll = true;
   /** A running handler learns of its task's cancellation within this (one request for all). */
   readonly cancelPollMs = 1000;
-  readonly leaseMs: number;
+  /** A lease the caller chose, sent with claims and heartbeats; else the server's applies. */
+  private readonly askedLeaseMs: number | undefined;
+  /** The lease the server granted in its last claim that carried a task. */
+  private grantedLeaseMs: number | undefined;
   readonly transport: Transport;
   /** Names this process's worker to the server, so its types show as served. */
   private readonly workerId = `${hostname()}:${process.pid}:${newId()}`;
@@ -176,11 +188,47 @@ export class HttpPort implements DynataskPort {
 
   constructor(opts: HttpPortOptions) {
     this.transport = new Transport(opts);
-    this.leaseMs = opts.leaseMs ?? 30_000;
+    this.askedLeaseMs = opts.leaseMs;
+  }
+
+  /** The lease of claimed tasks: the one asked for, else the server's as its claims show it. */
+  get leaseMs(): number {
+    return this.askedLeaseMs ?? this.grantedLeaseMs ?? SERVER_DEFAULT_LEASE_MS;
+  }
+
+  /** Claimed tasks for the worker; notes the lease the server granted them. */
+  private tasksOf(tasks: WireTask[]): PortTask[] {
+    const now = Date.now();
+    const t = tasks[0];
+    if (t?.startedAt && t.leaseExpiresAt && t.leaseExpiresAt > t.startedAt)
+      this.grantedLeaseMs = t.leaseExpiresAt - t.startedAt;
+    return tasks.map((w) => portTask(w, now));
   }
 
   get where(): string {
     return this.transport.origin;
+  }
+
+  /**
+   * Checks that a dynatask server answers at the URL (its unauthenticated `/healthz`), trying
+   * for `withinMs` through connection errors and 503s: a wrong URL or a server that is down
+   * fails `open()` at once, naming the URL, not the first call after the transport's retries.
+   */
+  async connect(url: string, withinMs = CONNECT_WITHIN_MS): Promise<void> {
+    try {
+      const r = await this.transport.call<{ status?: unknown }>('GET', '/healthz', undefined, {
+        retryForMs: withinMs,
+      });
+      if (r?.status !== 'ok') throw new Error('its /healthz did not answer {"status":"ok"}');
+    } catch (e) {
+      const status = e instanceof HttpError ? e.status : 0;
+      throw new HttpError(
+        status,
+        status === 0 ? 'unreachable' : 'not_a_server',
+        `database: no dynatask server answers at ${url}: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
   }
 
   private post<T>(path: string, body: unknown, signal?: AbortSignal): Promise<T> {
@@ -192,12 +240,27 @@ export class HttpPort implements DynataskPort {
   async claim(q: ClaimQuery & { waitMs?: number }, signal?: AbortSignal): Promise<PortTask[]> {
     const r = await this.post<{ tasks: WireTask[] }>(
       '/v1/worker/claim',
-      // A claim id: the transport's repeat after a lost answer gets the same tasks again.
-      { ...q, limit: Math.min(q.limit, 1000), workerId: this.workerId, claimId: newId() },
+      { ...this.claimQuery(q), waitMs: q.waitMs },
       signal,
     );
-    const now = Date.now();
-    return r.tasks.map((t) => portTask(t, now));
+    return this.tasksOf(r.tasks);
+  }
+
+  /**
+   * A claim as the wire takes it. The lease is sent only when one was asked for: the server's
+   * `--lease-ms` applies otherwise.
+   */
+  private claimQuery(q: ClaimQuery) {
+    const leaseMs = q.leaseMs ?? this.askedLeaseMs;
+    return {
+      namespace: q.namespace,
+      types: q.types,
+      limit: Math.min(q.limit, 1000),
+      ...(leaseMs !== undefined ? { leaseMs } : {}),
+      workerId: this.workerId,
+      // A claim id: the transport's repeat after a lost answer gets the same tasks again.
+      claimId: newId(),
+    };
   }
 
   async report(
@@ -264,8 +327,7 @@ export class HttpPort implements DynataskPort {
     const failing = chunk.filter((i) => i.failed);
     let raw = `{"completed":[${done.map((i) => i.json).join(',')}]`;
     if (failing.length) raw += `,"failed":[${failing.map((i) => i.json).join(',')}]`;
-    if (next)
-      raw += `,"claim":${JSON.stringify({ ...next, limit: Math.min(next.limit, 1000), workerId: this.workerId, claimId: newId() })}`;
+    if (next) raw += `,"claim":${JSON.stringify(this.claimQuery(next))}`;
     raw += '}';
     let r: { completed: string[]; failed: string[]; tasks: WireTask[] };
     try {
@@ -286,11 +348,20 @@ export class HttpPort implements DynataskPort {
     failing.forEach((item, j) => {
       if (item.index >= 0) out.failed[item.index] = r.failed[j] === 'ok';
     });
-    const now = Date.now();
-    for (const t of r.tasks) out.claimed.push(portTask(t, now));
+    out.claimed.push(...this.tasksOf(r.tasks));
   }
 
-  async heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
+  async release(items: AttemptRef[]): Promise<boolean[]> {
+    const out: boolean[] = [];
+    for (let i = 0; i < items.length; i += 1000) {
+      const chunk = items.slice(i, i + 1000).map((r) => ({ id: r.id, token: r.token }));
+      const r = await this.post<{ items: Array<'ok' | 'stale'> }>('/v1/worker/release', { items: chunk });
+      out.push(...r.items.map((s) => s === 'ok'));
+    }
+    return out;
+  }
+
+  async heartbeat(items: AttemptRef[], leaseMs = this.askedLeaseMs): Promise<HeartbeatStatus[]> {
     const out: HeartbeatStatus[] = [];
     for (let i = 0; i < items.length; i += 10_000) {
       const chunk = items.slice(i, i + 10_000).map((r) => ({ id: r.id, token: r.token }));

@@ -86,6 +86,8 @@ export interface CallOptions {
   raw?: string;
   /** Called before each repeat of the call, with the error that caused it. */
   onRetry?: (e: unknown) => void;
+  /** How long this call keeps trying, instead of the transport's `retryForMs`. */
+  retryForMs?: number;
 }
 
 export class Transport {
@@ -128,7 +130,7 @@ export class Transport {
     opts: CallOptions = {},
   ): Promise<T> {
     const payload = opts.raw ?? (body === undefined ? undefined : JSON.stringify(body));
-    const deadline = Date.now() + this.retryForMs;
+    const deadline = Date.now() + (opts.retryForMs ?? this.retryForMs);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.once<T>(method, path, payload, opts.signal);

@@ -430,9 +430,10 @@ export class Engine {
     types: string[],
     limit: number,
     leaseMs = this.leaseMs,
+    workerId: string | null = null,
   ): Promise<ClaimedTask[]> {
     if (limit <= 0 || types.length === 0) return [];
-    return this.run((tx, b) => this.claimIn(tx, b, namespace, types, limit, leaseMs));
+    return this.run((tx, b) => this.claimIn(tx, b, namespace, types, limit, leaseMs, workerId));
   }
 
   private async claimIn(
@@ -442,6 +443,7 @@ export class Engine {
     types: string[],
     limit: number,
     leaseMs: number,
+    workerId: string | null,
   ): Promise<ClaimedTask[]> {
     if (limit <= 0 || types.length === 0) return [];
     const typeTimeouts: Record<string, number> = {};
@@ -459,6 +461,7 @@ export class Engine {
         leaseMs,
         graceMs: DEFAULTS.timeoutGraceMs,
         typeTimeouts,
+        workerId,
       });
       if (rows.length) {
         rows.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
@@ -527,6 +530,7 @@ export class Engine {
       graceMs: DEFAULTS.timeoutGraceMs,
       typeTimeouts,
       slotsHeld,
+      workerId,
     });
     if (types.length > 1 || rows.length > 1) {
       const order = new Map(ids.map((id, i) => [id, i]));
@@ -592,7 +596,7 @@ export class Engine {
   async report(
     completed: Array<AttemptRef & { result: unknown }>,
     failed: Array<AttemptRef & { error: TaskError }>,
-    next?: { namespace: string; types: string[]; limit: number; leaseMs?: number },
+    next?: { namespace: string; types: string[]; limit: number; leaseMs?: number; workerId?: string },
   ): Promise<{ completed: boolean[]; failed: boolean[]; claimed: ClaimedTask[] }> {
     const { ok, bad } = serialiseResults(completed);
     const failing = bad.length ? failed.concat(bad) : failed;
@@ -600,7 +604,15 @@ export class Engine {
       completed: completed.length ? await this.completeIn(tx, b, completed, ok) : [],
       failed: failing.length ? (await this.failIn(tx, b, failing)).slice(0, failed.length) : [],
       claimed: next
-        ? await this.claimIn(tx, b, next.namespace, next.types, next.limit, next.leaseMs ?? this.leaseMs)
+        ? await this.claimIn(
+            tx,
+            b,
+            next.namespace,
+            next.types,
+            next.limit,
+            next.leaseMs ?? this.leaseMs,
+            next.workerId ?? null,
+          )
         : [],
     }));
   }

@@ -58,7 +58,7 @@ export class LocalPort implements DynataskPort {
   // ---------------------------------------------------------------- worker
 
   async claim(q: ClaimQuery): Promise<PortTask[]> {
-    const claimed = await this.engine.claim(q.namespace, q.types, q.limit, q.leaseMs);
+    const claimed = await this.engine.claim(q.namespace, q.types, q.limit, q.leaseMs, this.workerId);
     return claimed.map((c) => portTask(c.row, c.token));
   }
 
@@ -67,7 +67,7 @@ export class LocalPort implements DynataskPort {
     failed: Array<AttemptRef & { error: TaskError }>,
     next?: ClaimQuery,
   ): Promise<ReportResult> {
-    const r = await this.engine.report(completed, failed, next);
+    const r = await this.engine.report(completed, failed, next && { ...next, workerId: this.workerId });
     return {
       completed: r.completed,
       failed: r.failed,
@@ -75,7 +75,11 @@ export class LocalPort implements DynataskPort {
     };
   }
 
-  heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]> {
+  release(items: AttemptRef[]): Promise<boolean[]> {
+    return this.engine.release(items);
+  }
+
+  heartbeat(items: AttemptRef[], leaseMs?: number): Promise<HeartbeatStatus[]> {
     return this.engine.heartbeat(items, leaseMs);
   }
 

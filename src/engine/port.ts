@@ -12,12 +12,15 @@
 import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from './engine.js';
 import type { DynataskEvent, JobInfo, SubmitOptions, TaskError, TaskHandle, TaskInfo } from './types.js';
 
-/** A claim: up to `limit` ready tasks of `types` in `namespace`, leased for `leaseMs`. */
+/**
+ * A claim: up to `limit` ready tasks of `types` in `namespace`, leased for `leaseMs`, else for
+ * the engine's (the server's) default lease.
+ */
 export interface ClaimQuery {
   namespace: string;
   types: string[];
   limit: number;
-  leaseMs: number;
+  leaseMs?: number | undefined;
 }
 
 /** A task a worker holds: what its handler and the worker's timers need. */
@@ -60,7 +63,7 @@ export interface TypeSettings {
 
 /** The calls a worker and its handlers' contexts make. */
 export interface WorkerPort {
-  /** Default lease of a claimed task. */
+  /** The lease a claimed task gets when the worker asks for none (remote: as the server grants). */
   readonly leaseMs: number;
   /**
    * Claims ready tasks. With `waitMs` (ports that long-poll, see `longPoll`), waits up to that
@@ -73,8 +76,13 @@ export interface WorkerPort {
     failed: Array<AttemptRef & { error: TaskError }>,
     next?: ClaimQuery,
   ): Promise<ReportResult>;
-  /** Renews the leases of running attempts. */
-  heartbeat(items: AttemptRef[], leaseMs: number): Promise<HeartbeatStatus[]>;
+  /**
+   * Gives back claimed tasks this worker will not start (it stops): queued again at once,
+   * without counting an attempt. Per item, whether the attempt still held its task.
+   */
+  release(items: AttemptRef[]): Promise<boolean[]>;
+  /** Renews the leases of running attempts, by `leaseMs`, else by the engine's default lease. */
+  heartbeat(items: AttemptRef[], leaseMs?: number): Promise<HeartbeatStatus[]>;
   /**
    * True when idle workers should wait inside `claim` (remote: the server long-polls); false
    * when they sleep until `onReady`, `nextRunAt` or their poll (in-process).

@@ -139,5 +139,6 @@ export function newTaskRow(
     started_at: null,
     finished_at: null,
     settled_at: null,
+    worker_id: null,
   };
 }

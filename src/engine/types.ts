@@ -168,6 +168,12 @@ export interface TaskInfo {
   finishedAt: number | null;
   settledAt: number | null;
   openChildren: number;
+  /**
+   * While the task is `running`: the worker that holds it (its id, `host:pid:uuid` for
+   * dynatask's workers) and when its lease expires unless renewed. Null otherwise.
+   */
+  workerId: string | null;
+  leaseExpiresAt: number | null;
   /** Present on `getTask`: every failed attempt with its error and timing. */
   attempts?: AttemptRecord[];
 }

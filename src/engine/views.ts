@@ -65,6 +65,9 @@ export function taskInfo(r: TaskRow): TaskInfo {
     finishedAt: r.finished_at,
     settledAt: r.settled_at,
     openChildren: r.open_children,
+    // Only a running task is held: a settled or queued one keeps its last claim's values.
+    workerId: r.state === 'running' ? r.worker_id : null,
+    leaseExpiresAt: r.state === 'running' ? r.lease_expires_at : null,
   };
 }
 

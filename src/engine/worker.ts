@@ -6,7 +6,7 @@
  */
 import { TaskContext, type TaskMap } from './context.js';
 import type { AttemptRef } from './engine.js';
-import { SuspendSignal, toTaskError } from './errors.js';
+import { SuspendSignal, toTaskError, ValidationError } from './errors.js';
 import type { PortTask, WorkerPort } from './port.js';
 import type { TaskError } from './types.js';
 
@@ -27,7 +27,8 @@ export interface WorkerOptions {
    * store cannot tell (SQLite), or a wake-up was lost.
    */
   pollMs: number;
-  leaseMs: number;
+  /** The lease the worker asks for; without, the engine's (a server's `--lease-ms`) applies. */
+  leaseMs?: number | undefined;
   /** Longest wait of one long-poll claim, on ports that long-poll (remote workers). */
   longPollMs?: number;
 }
@@ -63,14 +64,57 @@ interface Running {
   done: boolean;
 }
 
+/**
+ * The key of one attempt in the worker's memory. Not the task id alone: a handler that
+ * suspended may still be unwinding (an async `finally`) when this worker claims the task's
+ * next attempt, and each must keep its own entry, heartbeats and abort.
+ */
+const attemptKey = (r: AttemptRef) => `${r.id}:${r.token}`;
+
+/** Backoff between tries of a report that failed: from the first to the most. */
+const REPORT_RETRY_MS = 100;
+const REPORT_RETRY_MAX_MS = 5000;
+/**
+ * How long outcomes are tried again before they are given up (their tasks then run again once
+ * their leases expire): beyond a database restart, short of renewing a lease for ever on an
+ * error that does not pass.
+ */
+const REPORT_RETRY_FOR_MS = 120_000;
+
+/**
+ * Whether a report that threw may succeed if sent again: anything but a refusal of the request
+ * itself (bad input, or a server's 4xx such as a missing token), which would fail again. A busy
+ * or unreachable database, a deadlock, a commit of unknown outcome, a server restarting: the
+ * report is idempotent by attempt token, so sending it again is safe.
+ */
+function reportRetryable(e: unknown): boolean {
+  if (e instanceof ValidationError) return false;
+  const status = (e as { name?: unknown; status?: unknown } | null)?.status;
+  return !(
+    (e as { name?: unknown }).name === 'HttpError' &&
+    typeof status === 'number' &&
+    status >= 400 &&
+    status < 500 &&
+    status !== 408 &&
+    status !== 429
+  );
+}
+
 /** How soon an idle worker looks again at a due task that a concurrency limit held back. */
 const BLOCKED_RECHECK_MS = 200;
 
 export class Worker {
+  /** Attempts this worker holds, by `attemptKey`. */
   private readonly running = new Map<string, Running>();
   private completions: Array<AttemptRef & { result: unknown }> = [];
   private failures: Array<AttemptRef & { error: TaskError }> = [];
   private flushScheduled = false;
+  /** Failed tries of the outcomes waiting to be reported again, and the timer of the next. */
+  private reportFailures = 0;
+  private reportFailingSince = 0;
+  private reportRetryTimer: NodeJS.Timeout | undefined;
+  /** Set once stop's grace is over: a report that fails then is not tried again. */
+  private givingUp = false;
   private flushing: Promise<void> | null = null;
   /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
   private claiming: Promise<void> | false = false;
@@ -81,6 +125,7 @@ export class Worker {
   private stopped = true;
   private wakeTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private beating = false;
   private idleWaiters: Array<() => void> = [];
   private readonly unsubscribe: Array<() => void> = [];
   private readonly types: string[];
@@ -101,17 +146,14 @@ export class Worker {
     const ready = this.port.onReady?.(this.opts.namespace, this.types, () => this.pump());
     if (ready) this.unsubscribe.push(ready);
     const cancelled = this.port.onCancelled?.((ids) => {
-      for (const id of ids) this.running.get(id)?.controller.abort(new Error('task cancelled'));
+      // A cancellation is of the task: it reaches whichever of its attempts runs here.
+      const cancelledIds = new Set(ids);
+      for (const r of this.running.values())
+        if (cancelledIds.has(r.claimed.id)) r.controller.abort(new Error('task cancelled'));
     });
     if (cancelled) this.unsubscribe.push(cancelled);
-    // Heartbeats renew leases every third of one; without cancellation notices (a remote
-    // worker), they also tell running handlers of cancellations, so they come more often.
-    const beat = Math.max(
-      50,
-      Math.min(Math.floor(this.opts.leaseMs / 3), this.port.cancelPollMs ?? Number.POSITIVE_INFINITY),
-    );
-    this.heartbeatTimer = setInterval(() => void this.heartbeat(), beat);
-    this.heartbeatTimer.unref();
+    this.beating = true;
+    this.scheduleHeartbeat();
     this.pump();
   }
 
@@ -136,10 +178,26 @@ export class Worker {
       ]);
       clearTimeout(timer);
     }
-    clearInterval(this.heartbeatTimer);
+    this.beating = false;
+    clearTimeout(this.heartbeatTimer);
     for (const u of this.unsubscribe.splice(0)) u();
     for (const r of this.running.values()) r.controller.abort(new Error('worker stopped'));
+    this.givingUp = true;
     if (this.flushing) await this.flushing;
+    clearTimeout(this.reportRetryTimer);
+    this.reportRetryTimer = undefined;
+    this.flushScheduled = false;
+    const unreported = this.completions.length + this.failures.length;
+    if (unreported) {
+      // The grace is over and the store still refuses them: their leases expire instead.
+      for (const o of [...this.completions, ...this.failures]) this.running.delete(attemptKey(o));
+      this.completions = [];
+      this.failures = [];
+      this.onError(
+        new Error(`${unreported} outcomes not stored before stop; their tasks run again after their leases`),
+      );
+    }
+    this.givingUp = false;
   }
 
   /** Number of handlers running now. */
@@ -172,6 +230,15 @@ export class Worker {
   private async claimed(claimed: PortTask[], want: number): Promise<void> {
     this.claiming = false;
     this.longPoll = undefined;
+    if (this.stopped) {
+      // Stopping: what the claim brought is given back unstarted, for another worker to take
+      // now rather than once its lease expires. (stop waits for this: it awaits the claim.)
+      if (claimed.length)
+        await this.port
+          .release(claimed.map((c) => ({ id: c.id, token: c.token })))
+          .catch((e) => this.onError(e));
+      return;
+    }
     for (const c of claimed) this.runTask(c);
     if (claimed.length === want) {
       this.pump();
@@ -218,7 +285,7 @@ export class Worker {
     const handler = this.handlers.get(claimed.type)!;
     const controller = new LazyAbort();
     const entry: Running = { claimed, controller, timer: undefined, done: false };
-    this.running.set(claimed.id, entry);
+    this.running.set(attemptKey(claimed), entry);
     const { timeoutMs, payload } = claimed;
     if (timeoutMs !== null) {
       entry.timer = setTimeout(
@@ -270,13 +337,13 @@ export class Worker {
     const ref = { id: entry.claimed.id, token: entry.claimed.token };
     if (entry.controller.aborted && !('error' in outcome && outcome.error.name === 'TimeoutError')) {
       // Cancelled or lease lost: the store rejects this attempt's outcome anyway.
-      this.running.delete(ref.id);
+      this.running.delete(attemptKey(ref));
       this.pump();
       this.notifyIdle();
       return;
     }
     if ('suspended' in outcome) {
-      this.running.delete(ref.id);
+      this.running.delete(attemptKey(ref));
       this.pump();
       this.notifyIdle();
       return;
@@ -321,6 +388,7 @@ export class Worker {
     }
     this.flushing = (async () => {
       let claimed: PortTask[] | undefined;
+      let retry = false;
       try {
         const r = await this.port.report(
           completions,
@@ -330,12 +398,30 @@ export class Worker {
             : undefined,
         );
         claimed = claimNow ? r.claimed : undefined;
+        this.reportFailures = 0;
+        this.reportFailingSince = 0;
       } catch (e) {
-        // The leases stay; if the store is back later, expiry retries these attempts.
         this.onError(e);
+        // Sent again after a backoff (with what finishes meanwhile), as it is idempotent by
+        // token: dropped, these attempts would run again once their leases expired. The
+        // worker keeps heartbeating them meanwhile.
+        this.reportFailingSince ||= Date.now();
+        retry =
+          reportRetryable(e) && !this.givingUp && Date.now() - this.reportFailingSince < REPORT_RETRY_FOR_MS;
+        if (retry) {
+          this.completions = completions.concat(this.completions);
+          this.failures = failures.concat(this.failures);
+          this.retryReport();
+        } else {
+          // Given up (their leases expire instead): later outcomes start with a fresh budget.
+          this.reportFailures = 0;
+          this.reportFailingSince = 0;
+        }
       }
-      for (const c of completions) this.running.delete(c.id);
-      for (const f of failures) this.running.delete(f.id);
+      if (!retry) {
+        for (const c of completions) this.running.delete(attemptKey(c));
+        for (const f of failures) this.running.delete(attemptKey(f));
+      }
       if (claimNow) {
         if (claimed) await this.claimed(claimed, want);
         else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
@@ -351,17 +437,52 @@ export class Worker {
     this.notifyIdle();
   }
 
+  /** Schedules the next try of the outcomes a failed report left, after a capped backoff. */
+  private retryReport(): void {
+    this.reportFailures++;
+    const exp = Math.min(REPORT_RETRY_MAX_MS, REPORT_RETRY_MS * 2 ** (this.reportFailures - 1));
+    // Outcomes finishing meanwhile wait for this try instead of flushing at once.
+    this.flushScheduled = true;
+    clearTimeout(this.reportRetryTimer);
+    this.reportRetryTimer = setTimeout(
+      () => {
+        this.reportRetryTimer = undefined;
+        void this.flush();
+      },
+      exp / 2 + (Math.random() * exp) / 2,
+    );
+  }
+
+  /**
+   * Heartbeats renew leases every third of one; without cancellation notices (a remote
+   * worker), they also tell running handlers of cancellations, so they come more often. The
+   * lease is read each time: a remote port learns the server's from its claims.
+   */
+  private scheduleHeartbeat(): void {
+    if (!this.beating) return;
+    const lease = this.opts.leaseMs ?? this.port.leaseMs;
+    const beat = Math.max(
+      50,
+      Math.min(Math.floor(lease / 3), this.port.cancelPollMs ?? Number.POSITIVE_INFINITY),
+    );
+    this.heartbeatTimer = setTimeout(() => {
+      void this.heartbeat().finally(() => this.scheduleHeartbeat());
+    }, beat);
+    this.heartbeatTimer.unref();
+  }
+
   private async heartbeat(): Promise<void> {
-    const refs = [...this.running.values()]
-      .filter((r) => !r.done)
-      .map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
-    if (!refs.length) return;
+    // Attempts whose outcome waits to be stored (a report failed) are still held: their
+    // leases are renewed until it is.
+    const entries = [...this.running.values()];
+    if (!entries.length) return;
+    const refs = entries.map((r) => ({ id: r.claimed.id, token: r.claimed.token }));
     try {
       const status = await this.port.heartbeat(refs, this.opts.leaseMs);
+      // Each answer is about the attempt it was asked for, never a later one of the same task.
       status.forEach((s, i) => {
         if (s === 'ok') return;
-        const entry = this.running.get(refs[i]!.id);
-        entry?.controller.abort(new Error(s === 'cancelled' ? 'task cancelled' : 'lease lost'));
+        entries[i]!.controller.abort(new Error(s === 'cancelled' ? 'task cancelled' : 'lease lost'));
       });
     } catch (e) {
       this.onError(e);

@@ -194,6 +194,8 @@ export const TaskInfo = Type.Object(
     finishedAt: Nullable(Type.Integer()),
     settledAt: Nullable(Type.Integer()),
     openChildren: Type.Integer(),
+    workerId: Nullable(Type.String({ description: 'The worker holding the task while it runs' })),
+    leaseExpiresAt: Nullable(Type.Integer({ description: "While it runs: when its worker's lease expires" })),
     attempts: Type.Optional(Type.Array(AttemptRecord)),
   },
   { title: 'TaskInfo' },
@@ -288,7 +290,9 @@ const ClaimFields = {
   namespace: Type.Optional(Namespace),
   types: Type.Array(TaskType, { minItems: 1, maxItems: 1000 }),
   limit: Type.Integer({ minimum: 1, maximum: 1000 }),
-  leaseMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'Default 30000' })),
+  leaseMs: Type.Optional(
+    Type.Integer({ minimum: 100, maximum: 86_400_000, description: "Default: the server's --lease-ms" }),
+  ),
   workerId: Type.Optional(WorkerId),
   claimId: Type.Optional({
     ...Id,
@@ -384,6 +388,15 @@ export const HeartbeatReply = Type.Object(
   },
   { title: 'HeartbeatResult' },
 );
+
+/** Claimed tasks a worker gives back unstarted (it stops): queued again, no attempt counted. */
+export const ReleaseBody = Type.Object(
+  {
+    items: Type.Array(Type.Object(Ref, { additionalProperties: false }), { minItems: 1, maxItems: 1000 }),
+  },
+  { additionalProperties: false, title: 'ReleaseRequest' },
+);
+export const ReleaseReply = Type.Object({ items: Type.Array(Status) }, { title: 'ReleaseResult' });
 
 /** A per-item failure inside a batched answer. */
 const ItemError = Type.Object(

@@ -57,6 +57,8 @@ export interface TaskRow {
   started_at: number | null;
   finished_at: number | null;
   settled_at: number | null;
+  /** The worker that claimed it last, as the worker names itself; null if none said. */
+  worker_id: string | null;
 }
 
 /** A task row without its JSON texts (payload, result, error, progress): what transitions read. */
@@ -175,6 +177,8 @@ export interface ClaimReadyQuery {
   leaseMs: number;
   graceMs: number;
   typeTimeouts: Record<string, number>;
+  /** The claiming worker, recorded on each task it claims. */
+  workerId: string | null;
 }
 
 export interface ClaimByIdsQuery {
@@ -187,6 +191,8 @@ export interface ClaimByIdsQuery {
   typeTimeouts: Record<string, number>;
   /** Slot bits held per task id (absent: 0). */
   slotsHeld: Record<string, number>;
+  /** The claiming worker, recorded on each task it claims. */
+  workerId: string | null;
 }
 
 export interface ListJobsQuery {

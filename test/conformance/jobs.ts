@@ -217,6 +217,37 @@ export function jobTests(h: Harness): void {
       expect(f.settledAt).not.toBeNull();
     });
 
+    it('a running task shows the worker that holds it and its lease expiry; a queued or settled one neither', async () => {
+      const dt = await h.open({ leaseMs: 60_000 });
+      const peer = await h.peer(dt, { leaseMs: 60_000 });
+      const gate = h.gate();
+      dt.handle('mine', () => gate.promise);
+      peer.handle('theirs', () => gate.promise);
+      const a = await dt.submit('mine', null);
+      const b = await dt.submit('theirs', null);
+      const queued = await dt.getTask(a.rootTaskId);
+      expect(queued).toMatchObject({ state: 'queued', workerId: null, leaseExpiresAt: null });
+      const before = Date.now();
+      await dt.start();
+      await peer.start();
+      const ta = await untilState(dt, a.rootTaskId, 'running');
+      const tb = await untilState(dt, b.rootTaskId, 'running');
+      // Workers name themselves host:pid:uuid; both run in this process here, each its own uuid.
+      for (const t of [ta, tb]) {
+        expect(t.workerId).toMatch(new RegExp(`:${process.pid}:[0-9a-f-]{36}$`));
+        expect(t.leaseExpiresAt).toBeGreaterThanOrEqual(before + 50_000);
+      }
+      expect(ta.workerId).not.toBe(tb.workerId);
+      expect((await dt.tree(a.id)).tasks[0]).toMatchObject({ workerId: ta.workerId });
+      gate.resolve();
+      await settled(dt, a);
+      expect(await dt.getTask(a.rootTaskId)).toMatchObject({
+        state: 'succeeded',
+        workerId: null,
+        leaseExpiresAt: null,
+      });
+    });
+
     it('a task that succeeded after failed attempts reports no error (the errors stay in its attempts)', async () => {
       const dt = await h.open();
       dt.handle(

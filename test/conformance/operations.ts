@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { newId } from '../../src/engine/ids.js';
 import { ChildTaskFailedError, ConflictError, NotFoundError, ValidationError } from '../../src/index.js';
-import { type Harness, settled } from './harness.js';
+import { deferred, type Harness, settled, within } from './harness.js';
 
 export function operationTests(h: Harness): void {
   describe('idempotent submission by job id', () => {
@@ -99,6 +99,34 @@ export function operationTests(h: Harness): void {
       expect(await dt.engine.complete([{ id: ref.id, token: again!.token, result: 'done' }])).toEqual([true]);
       expect((await settled(dt, job)).result).toBe('done');
       expect((await dt.getTask(job.rootTaskId)).attempts).toEqual([]);
+    });
+
+    it('a worker stopping when its claim lands releases what it claimed and never starts it', async () => {
+      // A long lease: only a release lets the task run again soon.
+      const dt = await h.open({ leaseMs: 60_000 });
+      let runs = 0;
+      dt.handle('quick', () => ++runs);
+      await dt.start();
+      // The claim's transaction has committed (its event is out) but the worker has not got its
+      // answer yet: it stops now, with the task claimed and not started.
+      const claimed = deferred();
+      let stopping: Promise<void> = Promise.resolve();
+      const unsub = dt.subscribe((e) => {
+        if (e.kind !== 'task' || e.state !== 'running') return;
+        stopping = dt.stop({ graceMs: 5000 });
+        claimed.resolve();
+      });
+      const job = await dt.submit('quick', null);
+      await within(claimed.promise, 5000, 'the claim');
+      await within(stopping, 5000, 'stop()');
+      unsub();
+      expect(runs).toBe(0);
+      expect(await dt.getTask(job.rootTaskId)).toMatchObject({ state: 'queued', attempt: 1, attempts: [] });
+      // Another worker takes it at once, not after the 60 s lease.
+      const peer = await h.peer(dt, { leaseMs: 60_000 });
+      peer.handle('quick', () => 'by the peer');
+      await peer.start();
+      expect((await settled(dt, job)).result).toBe('by the peer');
     });
   });
 

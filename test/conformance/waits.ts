@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ChildTaskFailedError, NonRetryableError, type Outcome, type TaskHandle } from '../../src/index.js';
-import { EventLog, type Harness, settled, untilState } from './harness.js';
+import { EventLog, type Harness, settled, sleep, untilState, within } from './harness.js';
 
 export function waitTests(h: Harness): void {
   describe('durable waits', () => {
@@ -206,6 +206,47 @@ export function waitTests(h: Harness): void {
       expect(stepRuns).toEqual({ a: 1, b: 1 });
       expect(new Set(seen)).toEqual(new Set([result.a]));
       expect(seen).toHaveLength(3);
+    });
+    it("a handler still unwinding after it suspended does not drop its task's next attempt on the same worker", async () => {
+      // Short leases: the resumed run loses its lease at once if its worker stops heartbeating it.
+      const dt = await h.open({ leaseMs: 300 });
+      const unwound = h.gate(); // the first run's async finally (closing a connection, say)
+      const resumedRunning = h.gate();
+      const finish = h.gate();
+      const log = new EventLog(dt);
+      let runs = 0;
+      dt.handle('root', async (ctx) => {
+        const run = ++runs;
+        try {
+          await ctx.waitAll([await ctx.spawn('leaf', null)]);
+        } finally {
+          if (run === 1) await unwound.promise;
+        }
+        resumedRunning.resolve();
+        await finish.promise;
+        return run;
+      });
+      dt.handle('leaf', () => 'leaf');
+      await dt.start({ concurrency: 4 });
+      const job = await dt.submit('root', null);
+      // The resumed run is claimed by this worker while the first still unwinds.
+      await within(resumedRunning.promise, 5000, 'the resumed run');
+      unwound.resolve();
+      // Several leases long: the resumed attempt must keep its lease through heartbeats.
+      await sleep(1500);
+      const t = await dt.getTask(job.rootTaskId);
+      expect(t.state).toBe('running');
+      expect(t.attempts ?? []).toEqual([]);
+      finish.resolve();
+      expect(await job.result()).toBe(2);
+      expect(log.statesOf(job.rootTaskId)).toEqual([
+        'queued',
+        'running',
+        'waiting',
+        'queued',
+        'running',
+        'succeeded',
+      ]);
     });
   });
 }

@@ -4,6 +4,7 @@
  * HTTP calls it served); see docs/http-api.md for what a deployment of several servers sees.
  */
 import type { ServerResponse } from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { NotFoundError } from '../../engine/errors.js';
 import type { DynataskEvent } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';
@@ -141,6 +142,21 @@ const sseResponse = {
   },
 };
 
+/**
+ * A hijacked reply skips the onResponse hook that logs and counts every other request: a
+ * stream is logged when it opens (it may last hours) and, like the others, when it ends.
+ */
+function logStream(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply): void {
+  const route = req.routeOptions.url ?? 'unmatched';
+  const line = { method: req.method, url: req.url, route, status: 200 };
+  req.log.info(line, 'event stream opened');
+  reply.raw.once('close', () => {
+    ctx.metrics.httpRequests.inc({ method: req.method, route, status: 200 });
+    ctx.metrics.httpDuration.observe({ route }, reply.elapsedTime / 1000);
+    req.log.info({ ...line, ms: Math.round(reply.elapsedTime) }, 'request');
+  });
+}
+
 export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStreams): void {
   const tags = ['events'];
 
@@ -160,6 +176,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
       reply.raw.write(CONNECTED);
+      logStream(ctx, req, reply);
       streams.open(reply.raw, undefined, kindsOf(req.query.kinds));
     },
   );
@@ -195,6 +212,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
         reply.hijack();
         reply.raw.writeHead(200, SSE_HEADERS);
         reply.raw.write(CONNECTED);
+        logStream(ctx, req, reply);
         const s = streams.open(reply.raw, jobId, kinds);
         if (job.state !== 'running' && kinds.has('job') && !pending.some((e) => e.kind === 'job'))
           streams.send(s, { kind: 'job', jobId, state: job.state, at: job.settled_at ?? job.created_at });

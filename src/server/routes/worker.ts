@@ -15,6 +15,8 @@ import {
   HeartbeatReply,
   OkReply,
   ProgressBody,
+  ReleaseBody,
+  ReleaseReply,
   ReportBody,
   ReportReply,
   SpawnBody,
@@ -54,10 +56,16 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
     });
   };
 
-  const timedClaim = async (namespace: string, ts: string[], limit: number, leaseMs?: number) => {
+  const timedClaim = async (
+    namespace: string,
+    ts: string[],
+    limit: number,
+    leaseMs: number | undefined,
+    workerId: string | undefined,
+  ) => {
     const end = metrics.claimDuration.startTimer();
     try {
-      return await engine.claim(namespace, ts, limit, leaseMs);
+      return await engine.claim(namespace, ts, limit, leaseMs, workerId ?? null);
     } finally {
       end();
     }
@@ -91,7 +99,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       for (;;) {
         const reg = ctx.wakeups.register(namespace, b.types);
         try {
-          const claimed = await timedClaim(namespace, b.types, b.limit, b.leaseMs);
+          const claimed = await timedClaim(namespace, b.types, b.limit, b.leaseMs, b.workerId);
           if (claimed.length && gone.signal.aborted) {
             // Nobody will receive these: give them back now rather than after their lease.
             await engine.release(claimed.map((c) => ({ id: c.row.id, token: c.token })));
@@ -143,7 +151,9 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
         if (f.error.retryable !== undefined) error.retryable = f.error.retryable;
         return { id: f.id, token: f.token, error };
       });
-      let next: { namespace: string; types: string[]; limit: number; leaseMs?: number } | undefined;
+      let next:
+        | { namespace: string; types: string[]; limit: number; leaseMs?: number; workerId?: string }
+        | undefined;
       const claim = b.claim;
       // A repeat of a report whose answer was lost: its outcomes answer as before (idempotent
       // by token), and its claim gets the same tasks again.
@@ -151,6 +161,7 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       if (claim && !seen && !ctx.draining) {
         next = { namespace: claim.namespace ?? DEFAULTS.namespace, types: claim.types, limit: claim.limit };
         if (claim.leaseMs !== undefined) next.leaseMs = claim.leaseMs;
+        if (claim.workerId !== undefined) next.workerId = claim.workerId;
         await types.ensure(next.namespace);
         if (claim.workerId) ctx.touchWorker(claim.workerId, next.namespace, claim.types);
       }
@@ -188,6 +199,25 @@ export function workerRoutes(app: Typed, ctx: ServerContext): void {
       },
     },
     async (req) => ({ items: await engine.heartbeat(req.body.items, req.body.leaseMs) }),
+  );
+
+  app.post(
+    '/v1/worker/release',
+    {
+      config: worker,
+      schema: {
+        operationId: 'release',
+        tags,
+        summary:
+          'Give back claimed tasks not started (the worker stops): queued again at once, no attempt counted',
+        body: ReleaseBody,
+        response: { 200: ReleaseReply, ...errors(400, 401, 403, 413, 415) },
+      },
+    },
+    async (req) => {
+      const held = await engine.release(req.body.items.map((i) => ({ id: i.id, token: i.token })));
+      return { items: held.map((ok) => (ok ? ('ok' as const) : ('stale' as const))) };
+    },
   );
 
   app.post(

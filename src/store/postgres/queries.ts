@@ -116,7 +116,7 @@ export function queries(s: string) {
     /**
      * $1: row addresses (ctid) of candidates this transaction holds locked, $2: slot bits held
      * per row, $3: now, $4: lease ms, $5: grace ms, $6: default timeout per type (a JSON
-     * object). Claims them: running, token bumped, leased. The lease is capped by the attempt's
+     * object), $7: the claiming worker's id. Claims them: running, token bumped, leased. The lease is capped by the attempt's
      * timeout (plus grace), so a hung handler loses its task when its timeout passes, even
      * while its worker keeps heartbeating.
      *
@@ -127,7 +127,7 @@ export function queries(s: string) {
      */
     claimByIds: `UPDATE ${s}.tasks AS t SET
         state = 'running', attempt = greatest(t.attempt, 1), run_token = t.run_token + 1,
-        started_at = $3::bigint, slots_held = u.held,
+        started_at = $3::bigint, slots_held = u.held, worker_id = $7::text,
         timeout_ms = coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint),
         lease_expires_at = CASE WHEN coalesce(t.timeout_ms, ($6::jsonb ->> t.type)::bigint) IS NULL
           THEN $3::bigint + $4::bigint
@@ -138,7 +138,7 @@ export function queries(s: string) {
 
     /**
      * $1: namespace, $2: types, $3: now, $4: limit, $5: lease ms, $6: grace ms, $7: default
-     * timeout per type (a JSON object). The whole claim in one statement, for a namespace
+     * timeout per type (a JSON object), $8: the claiming worker's id. The whole claim in one statement, for a namespace
      * without concurrency limits (no slot rows; a limit always has one): the best due tasks
      * of each type, locked (SKIP LOCKED), the best `limit` of those claimed. Claims nothing
      * when the namespace has slots: the caller then takes the general path (getSlots,
@@ -159,7 +159,7 @@ export function queries(s: string) {
       )
       UPDATE ${s}.tasks AS t SET
         state = 'running', attempt = greatest(t.attempt, 1), run_token = t.run_token + 1,
-        started_at = $3::bigint, slots_held = 0,
+        started_at = $3::bigint, slots_held = 0, worker_id = $8::text,
         timeout_ms = coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint),
         lease_expires_at = CASE WHEN coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint) IS NULL
           THEN $3::bigint + $5::bigint

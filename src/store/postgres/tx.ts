@@ -199,6 +199,7 @@ export class PostgresTx implements StoreTx {
       q.leaseMs,
       q.graceMs,
       JSON.stringify(q.typeTimeouts),
+      q.workerId,
     ]);
   }
 
@@ -222,6 +223,7 @@ export class PostgresTx implements StoreTx {
       q.leaseMs,
       q.graceMs,
       JSON.stringify(q.typeTimeouts),
+      q.workerId,
     ]);
   }
 

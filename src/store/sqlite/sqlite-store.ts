@@ -81,6 +81,7 @@ const TASK_COLUMNS = [
   'started_at',
   'finished_at',
   'settled_at',
+  'worker_id',
 ] as const satisfies ReadonlyArray<keyof TaskRow>;
 
 const CORE_COLUMNS = TASK_COLUMNS.filter((c) => !JSON_TEXT_COLUMNS.has(c)).join(', ');
@@ -113,6 +114,8 @@ export interface SqliteStoreOptions {
   path: string;
   /** PRAGMA synchronous: NORMAL (default) survives a process crash; FULL also survives power loss. */
   synchronous?: 'NORMAL' | 'FULL';
+  /** How long a write waits for another connection's write lock before SQLITE_BUSY. Default 10 s. */
+  busyTimeoutMs?: number;
 }
 
 export class SqliteStore implements Store {
@@ -128,7 +131,7 @@ export class SqliteStore implements Store {
     this.db = new Database(opts.path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
-    this.db.pragma('busy_timeout = 10000');
+    this.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 10_000))}`);
     // A task row and its index entries are touched several times in its life: keep the hot
     // pages in memory (64 MiB page cache, memory-mapped reads) instead of SQLite's 2 MiB default.
     this.db.pragma('cache_size = -65536');
@@ -225,7 +228,7 @@ export class SqliteStore implements Store {
     const claimRead = st(`SELECT ${CLAIM_COLUMNS} FROM tasks WHERE id = ?`);
     const claimWrite = st(
       `UPDATE tasks SET state = 'running', attempt = ?, run_token = ?, started_at = ?, slots_held = ?,
-         timeout_ms = ?, lease_expires_at = ? WHERE id = ?`,
+         timeout_ms = ?, lease_expires_at = ?, worker_id = ? WHERE id = ?`,
     );
     const completeRead = st(`SELECT ${COMPLETED_COLUMNS}, run_token FROM tasks WHERE id = ?`);
     const completeWrite = st(
@@ -369,6 +372,7 @@ export class SqliteStore implements Store {
             r.slots_held,
             r.timeout_ms,
             r.lease_expires_at,
+            q.workerId,
             r.id,
           );
           rows.push(r);
