@@ -62,7 +62,7 @@ export const ErrorBody = Type.Object(
     error: Type.Object({
       code: Type.String({
         description:
-          'invalid_request, unauthorized, forbidden, not_found, stale_attempt, conflict, payload_too_large, unsupported_media_type, unavailable, internal',
+          'invalid_request, unauthorized, forbidden, not_found, method_not_allowed, stale_attempt, conflict, payload_too_large, unsupported_media_type, unavailable, internal',
       }),
       message: Type.String(),
       field: Type.Optional(Type.String({ description: 'JSON pointer of the offending field' })),
@@ -535,4 +535,56 @@ export const EventsQuery = Type.Object(
   },
   { additionalProperties: false },
 );
+/** An event of a stream, as the JSON of its `data:` line (DynataskEvent in engine/types.ts). */
+export const StreamEvent = Type.Union(
+  [
+    Type.Object(
+      {
+        kind: Type.Literal('task'),
+        jobId: Type.String(),
+        taskId: Type.String(),
+        type: Type.String(),
+        state: TaskState,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'TaskEvent' },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('progress'),
+        jobId: Type.String(),
+        taskId: Type.String(),
+        type: Type.String(),
+        progress: AnyJson,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'ProgressEvent' },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('job'),
+        jobId: Type.String(),
+        state: JobState,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'JobEvent' },
+    ),
+  ],
+  { title: 'Event' },
+);
+
+/**
+ * One Server-Sent Event as a client's parser reads it: in OpenAPI 3.1 the schema of a
+ * text/event-stream describes each event, and `data` holds the event's JSON.
+ */
+export const ServerSentEvent = Type.Object(
+  {
+    id: Type.Optional(Type.String({ description: 'Increases by one per event of this stream' })),
+    event: Type.Optional(Type.String({ description: 'Not sent: the default, message' })),
+    retry: Type.Optional(Type.Integer({ description: 'Reconnection delay in ms' })),
+    data: Type.String({ contentMediaType: 'application/json', contentSchema: StreamEvent }),
+  },
+  { title: 'ServerSentEvent' },
+);
+
 export const HealthReply = Type.Object({ status: Type.String() }, { title: 'Health' });
