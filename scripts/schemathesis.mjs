@@ -9,7 +9,7 @@
 // here when missing; pip's cache lives outside the clone, so later runs install from it.
 //
 // $SCHEMATHESIS_SEED replays a run (the seed is printed); $SCHEMATHESIS_MAX_TIME scales the
-// budget (seconds of the token run; the open run gets a third of it).
+// budget (seconds of the token run; the open run gets half of it).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,7 +21,7 @@ const root = new URL('..', import.meta.url).pathname;
 const venv = join(root, '.venv');
 const bin = join(venv, 'bin', 'schemathesis');
 const seed = process.env.SCHEMATHESIS_SEED ?? '20261202';
-const maxTime = Number(process.env.SCHEMATHESIS_MAX_TIME ?? 110);
+const maxTime = Number(process.env.SCHEMATHESIS_MAX_TIME ?? 90);
 
 function run(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', ...opts });
@@ -122,7 +122,7 @@ try {
   servers.push(open);
   const auth = ['-H', `Authorization: Bearer ${secret}`];
   if (schemathesis('admin token', withToken.url, maxTime, auth) !== 0) failed = true;
-  if (schemathesis('open mode', open.url, Math.max(10, Math.round(maxTime / 3)), []) !== 0) failed = true;
+  if (schemathesis('open mode', open.url, Math.max(10, Math.round(maxTime / 2)), []) !== 0) failed = true;
   for (const s of servers.splice(0)) {
     const code = await s.stop();
     if (code !== 0) {
