@@ -44,6 +44,9 @@ export function outcomeOf(row: OutcomeRow): Outcome {
   return { taskId: row.id, state: row.state as 'failed' | 'cancelled' | 'skipped', error };
 }
 
+/** A UUID in its canonical text form, any version. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /** A bounded integer option, or why not. */
 function checkInt(v: unknown, field: string, min: number, max: number): void {
   if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max))
@@ -88,6 +91,10 @@ export function validateOptions(options: TaskOptions | undefined, where: string)
     checkInt(o.concurrency.limit, `${where}.concurrency.limit`, 1, MAX_CONCURRENCY);
   }
   checkText(o.namespace, `${where}.namespace`, MAX_NAME_LENGTH);
+  if (o.jobId !== undefined && (typeof o.jobId !== 'string' || !UUID.test(o.jobId)))
+    throw new ValidationError(
+      `${where}.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got ${JSON.stringify(o.jobId)}`,
+    );
   checkText(o.key, `${where}.key`, MAX_KEY_LENGTH);
   checkText(o.dedupKey, `${where}.dedupKey`, MAX_KEY_LENGTH);
   if (o.after !== undefined) {

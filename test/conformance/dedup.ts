@@ -177,6 +177,9 @@ export function dedupTests(h: Harness): void {
       await expect(dt.submit('root', null, { priority: 2 ** 31 })).rejects.toThrow(
         'jobs[0].options.priority must be an integer from -2147483648 to 2147483647, got 2147483648',
       );
+      await expect(dt.submit('root', null, { jobId: 'job-1' })).rejects.toThrow(
+        'jobs[0].options.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got "job-1"',
+      );
       await expect(dt.submit('root', null, { maxAttempts: 1001 })).rejects.toThrow(
         'jobs[0].options.maxAttempts must be an integer from 1 to 1000, got 1001',
       );
