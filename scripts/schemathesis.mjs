@@ -21,7 +21,7 @@ const root = new URL('..', import.meta.url).pathname;
 const venv = join(root, '.venv');
 const bin = join(venv, 'bin', 'schemathesis');
 const seed = process.env.SCHEMATHESIS_SEED ?? '20261202';
-const maxTime = Number(process.env.SCHEMATHESIS_MAX_TIME ?? 90);
+const maxTime = Number(process.env.SCHEMATHESIS_MAX_TIME ?? 80);
 
 function run(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', ...opts });
