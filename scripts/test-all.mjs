@@ -10,6 +10,8 @@ const steps = [
   ['type-check (tsc)', 'npx', ['tsc', '--noEmit', '-p', '.']],
   ['build (tsc)', 'npm', ['run', 'build']],
   ['TypeScript tests (vitest), on SQLite and PostgreSQL', 'npx', ['vitest', 'run'], { postgres: true }],
+  // The served OpenAPI document against the server's behaviour (bounded: under 3 minutes).
+  ['contract (Schemathesis against openapi.json)', 'node', ['scripts/schemathesis.mjs']],
 ];
 
 let stopPostgres = () => {};

@@ -4,6 +4,7 @@
  * complete, fail and spawn, long polls woken by a submission, and event streams.
  */
 import { Writable } from 'node:stream';
+import { type IncomingHttpHeaders, request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTokens } from '../src/server/auth.js';
 import { pollUntil } from './conformance/harness.js';
@@ -45,6 +46,27 @@ async function readEvents(res: Response, until: (events: Loose[]) => boolean): P
   }
   await reader.cancel();
   return events;
+}
+
+/** A request by node:http, which sends any method (fetch refuses TRACE, for one). */
+function rawCall(
+  base: string,
+  method: string,
+  path: string,
+  body?: string,
+): Promise<{ status: number; body: Loose; headers: IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(path, base), { method }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        text += c;
+      });
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text), headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 describe('HTTP API', () => {
@@ -485,6 +507,39 @@ describe('HTTP API errors', () => {
     );
     expectError(await s.call('GET', '/v1/nothing-here'), 404, 'not_found');
     expect((await s.call('GET', `/v1/jobs/${job.jobId}`)).body.state).toBe('running');
+  });
+
+  it('query integers are taken only from digits: limit=true is refused, not read as 1', async () => {
+    await s.call('POST', '/v1/jobs', { jobs: [{ type: 'q' }] });
+    for (const bad of ['true', 'false', '', '1.5', '0x10', ' 1', 'null'])
+      expectError(
+        await s.call('GET', `/v1/jobs?limit=${encodeURIComponent(bad)}`),
+        400,
+        'invalid_request',
+        '/limit',
+      );
+    const job = (await s.call('GET', '/v1/jobs?limit=1')).body.jobs[0];
+    expectError(await s.call('GET', `/v1/jobs/${job.id}/tasks?limit=true`), 400, 'invalid_request', '/limit');
+    expect((await s.call('GET', '/v1/jobs?limit=1')).body.jobs).toHaveLength(1);
+    expect((await s.call('GET', `/v1/jobs?limit=1&createdAfter=0`)).status).toBe(200);
+    expect((await s.call('GET', `/v1/jobs/${job.id}/tasks?limit=10`)).body.tasks).toHaveLength(1);
+  });
+
+  it('a method a route does not list is 405 with Allow, before anything else is looked at', async () => {
+    for (const [method, path, allow] of [
+      ['TRACE', '/v1/jobs', 'GET, HEAD, POST'],
+      ['QUERY', `/v1/jobs/${UNKNOWN}`, 'GET, HEAD'],
+      ['DELETE', `/v1/tasks/${UNKNOWN}/retry`, 'POST'],
+      ['PUT', '/v1/worker/claim', 'POST'],
+      ['TRACE', '/healthz', 'GET, HEAD'],
+    ] as const) {
+      const r = await rawCall(s.url, method, path);
+      expectError(r, 405, 'method_not_allowed');
+      expect(r.headers.allow, `${method} ${path}`).toBe(allow);
+    }
+    // With a body and no content type: the method is refused before the body is looked at.
+    expectError(await rawCall(s.url, 'QUERY', '/v1/jobs', '{"jobs": []}'), 405, 'method_not_allowed');
+    expectError(await rawCall(s.url, 'TRACE', '/v1/nothing-here'), 404, 'not_found');
   });
 
   it('bodies over the limit are 413', async () => {

@@ -22,7 +22,7 @@ import type {
   ReportResult,
   TypeSettings,
 } from '../engine/port.js';
-import { toJson, validateType } from '../engine/rows.js';
+import { toJson, validateOptions, validateType } from '../engine/rows.js';
 import type {
   DynataskEvent,
   JobInfo,
@@ -133,6 +133,9 @@ function portTask(t: WireTask, now: number): PortTask {
 /** Task options as the wire takes them: times as epoch ms, dependencies as ids or keys. */
 function wireOptions(o: SpawnOptions | SubmitOptions | undefined, where: string): Record<string, unknown> {
   if (!o) return {};
+  // The limits in-process, with the same messages, before the server's schema would refuse
+  // the value with a message about HTTP body paths.
+  validateOptions(o, where);
   const { transaction, runAt, ...rest } = o as SpawnOptions & SubmitOptions;
   if (transaction !== undefined)
     throw new ValidationError(

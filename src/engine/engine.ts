@@ -212,11 +212,6 @@ export class Engine {
     specs.forEach((s, i) => {
       validateType(s.type, `jobs[${i}]`);
       validateOptions(s.options, `jobs[${i}].options`);
-      const id = s.options?.jobId;
-      if (id !== undefined && (typeof id !== 'string' || !UUID.test(id)))
-        throw new ValidationError(
-          `jobs[${i}].options.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got ${JSON.stringify(id)}`,
-        );
     });
     const external = sharedTransaction(
       specs.map((s) => s.options?.transaction),
@@ -1041,9 +1036,6 @@ export class Engine {
 
   // ---------------------------------------------------------------- settling
 }
-
-/** A UUID in its canonical text form, any version. */
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The caller's transaction named by a batch's options: one for all of them, or none. */
 function sharedTransaction(given: unknown[], what: string): unknown {

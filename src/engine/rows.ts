@@ -4,7 +4,18 @@ import { keySlot } from './batch.js';
 import type { AttemptRef, SpawnSpec } from './engine.js';
 import { ValidationError } from './errors.js';
 import { newId } from './ids.js';
-import type { Outcome, TaskError, TaskOptions } from './types.js';
+import {
+  MAX_AFTER,
+  MAX_ATTEMPTS,
+  MAX_CONCURRENCY,
+  MAX_EPOCH_MS,
+  MAX_KEY_LENGTH,
+  MAX_MS,
+  MAX_NAME_LENGTH,
+  MAX_PRIORITY,
+  MIN_PRIORITY,
+} from './limits.js';
+import type { Outcome, SpawnOptions, SubmitOptions, TaskError, TaskOptions } from './types.js';
 
 export function parseJson(s: string | null): unknown {
   return s === null ? null : JSON.parse(s);
@@ -33,29 +44,76 @@ export function outcomeOf(row: OutcomeRow): Outcome {
   return { taskId: row.id, state: row.state as 'failed' | 'cancelled' | 'skipped', error };
 }
 
-export function validateOptions(o: TaskOptions | undefined, where: string): void {
-  if (!o) return;
-  const nonNegInt = (v: unknown, name: string, min = 0) => {
-    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min))
-      throw new ValidationError(`${where}.${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
-  };
-  nonNegInt(o.maxAttempts, 'maxAttempts', 1);
-  nonNegInt(o.backoffMs, 'backoffMs');
-  nonNegInt(o.maxBackoffMs, 'maxBackoffMs');
-  nonNegInt(o.timeoutMs, 'timeoutMs', 1);
-  nonNegInt(o.delayMs, 'delayMs');
-  if (o.priority !== undefined && (typeof o.priority !== 'number' || !Number.isInteger(o.priority)))
-    throw new ValidationError(`${where}.priority must be an integer, got ${JSON.stringify(o.priority)}`);
+/** A UUID in its canonical text form, any version. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A bounded integer option, or why not. */
+function checkInt(v: unknown, field: string, min: number, max: number): void {
+  if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max))
+    throw new ValidationError(`${field} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+}
+
+/** A bounded text option (a key, a name), or why not; NUL cannot be stored in PostgreSQL text. */
+export function checkText(v: unknown, field: string, max: number): void {
+  if (v === undefined) return;
+  if (typeof v !== 'string' || v === '' || v.length > max || v.includes('\0'))
+    throw new ValidationError(
+      `${field} must be a non-empty string of at most ${max} characters without NUL, got ${
+        typeof v === 'string' && v.length > 100 ? `${v.length} characters` : JSON.stringify(v)
+      }`,
+    );
+}
+
+/**
+ * Checks task options against the limits of src/engine/limits.ts, which the server's wire
+ * schemas declare too: in-process, the remote client (before it sends) and the server refuse
+ * the same values with the same message, naming the API's field (`where` is its path).
+ */
+export function validateOptions(options: TaskOptions | undefined, where: string): void {
+  if (!options) return;
+  const o = options as SpawnOptions & SubmitOptions;
+  checkInt(o.maxAttempts, `${where}.maxAttempts`, 1, MAX_ATTEMPTS);
+  checkInt(o.backoffMs, `${where}.backoffMs`, 0, MAX_MS);
+  checkInt(o.maxBackoffMs, `${where}.maxBackoffMs`, 0, MAX_MS);
+  checkInt(o.timeoutMs, `${where}.timeoutMs`, 1, MAX_MS);
+  checkInt(o.delayMs, `${where}.delayMs`, 0, MAX_MS);
+  checkInt(o.priority, `${where}.priority`, MIN_PRIORITY, MAX_PRIORITY);
+  if (o.runAt !== undefined && !(o.runAt instanceof Date))
+    checkInt(o.runAt, `${where}.runAt`, 0, MAX_EPOCH_MS);
   if (o.concurrency !== undefined) {
-    if (typeof o.concurrency.key !== 'string' || o.concurrency.key === '')
+    if (typeof o.concurrency !== 'object' || o.concurrency === null)
+      throw new ValidationError(`${where}.concurrency must be an object { key, limit }`);
+    if (o.concurrency.key === undefined)
       throw new ValidationError(`${where}.concurrency.key must be a non-empty string`);
-    nonNegInt(o.concurrency.limit, 'concurrency.limit', 1);
+    checkText(o.concurrency.key, `${where}.concurrency.key`, MAX_NAME_LENGTH);
+    if (o.concurrency.limit === undefined)
+      throw new ValidationError(`${where}.concurrency.limit must be an integer from 1 to ${MAX_CONCURRENCY}`);
+    checkInt(o.concurrency.limit, `${where}.concurrency.limit`, 1, MAX_CONCURRENCY);
+  }
+  checkText(o.namespace, `${where}.namespace`, MAX_NAME_LENGTH);
+  if (o.jobId !== undefined && (typeof o.jobId !== 'string' || !UUID.test(o.jobId)))
+    throw new ValidationError(
+      `${where}.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got ${JSON.stringify(o.jobId)}`,
+    );
+  checkText(o.key, `${where}.key`, MAX_KEY_LENGTH);
+  checkText(o.dedupKey, `${where}.dedupKey`, MAX_KEY_LENGTH);
+  if (o.after !== undefined) {
+    if (!Array.isArray(o.after) || o.after.length > MAX_AFTER)
+      throw new ValidationError(
+        `${where}.after must be an array of at most ${MAX_AFTER} task handles, ids or keys`,
+      );
+    o.after.forEach((a, i) => {
+      if (typeof a === 'string' || typeof a !== 'object' || a === null)
+        checkText(a, `${where}.after[${i}]`, MAX_KEY_LENGTH);
+    });
   }
 }
 
 export function validateType(type: unknown, where: string): asserts type is string {
-  if (typeof type !== 'string' || type === '' || type.length > 200)
-    throw new ValidationError(`${where}.type must be a non-empty string of at most 200 characters`);
+  if (typeof type !== 'string' || type === '' || type.length > MAX_NAME_LENGTH || type.includes('\0'))
+    throw new ValidationError(
+      `${where}.type must be a non-empty string of at most ${MAX_NAME_LENGTH} characters without NUL`,
+    );
 }
 
 /**

@@ -39,3 +39,30 @@ export function hoistTitledSchemas<T extends { paths?: unknown; components?: unk
   components.schemas = { ...(components.schemas as Record<string, unknown>), ...sorted };
   return { ...doc, paths, components };
 }
+
+/**
+ * The document of a server without tokens: no security scheme or requirement, and no 401 or
+ * 403 answers, so a client generated from it sends no token that does not exist.
+ */
+export function withoutAuth<T extends { paths?: unknown; components?: unknown }>(doc: T): T {
+  const { security: _, ...rest } = doc as T & { security?: unknown };
+  const { securitySchemes: __, ...components } = (doc.components ?? {}) as Record<string, unknown>;
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const [path, methods] of Object.entries((doc.paths ?? {}) as Record<string, Record<string, Json>>)) {
+    paths[path] = {};
+    for (const [method, op] of Object.entries(methods)) {
+      if (op === null || typeof op !== 'object' || Array.isArray(op)) {
+        paths[path][method] = op;
+        continue;
+      }
+      const { security: ___, responses, ...fields } = op as { [k: string]: Json };
+      const kept = Object.fromEntries(
+        Object.entries((responses ?? {}) as Record<string, Json>).filter(
+          ([status]) => status !== '401' && status !== '403',
+        ),
+      );
+      paths[path][method] = responses === undefined ? fields : { ...fields, responses: kept };
+    }
+  }
+  return { ...rest, components, paths } as unknown as T;
+}

@@ -8,6 +8,17 @@
  * otherwise be a database error, i.e. a 500).
  */
 import { type Static, type TSchema, Type } from 'typebox';
+import {
+  MAX_AFTER,
+  MAX_ATTEMPTS,
+  MAX_CONCURRENCY,
+  MAX_EPOCH_MS,
+  MAX_KEY_LENGTH,
+  MAX_MS,
+  MAX_NAME_LENGTH,
+  MAX_PRIORITY,
+  MIN_PRIORITY,
+} from '../engine/limits.js';
 import { TASK_STATES } from '../engine/types.js';
 
 /** Text without NUL characters (PostgreSQL text cannot hold them). */
@@ -20,12 +31,11 @@ export const Id = Type.String({
   description: 'A UUID',
 });
 
-const MAX_MS = 1e12; // about 31 years: any duration a client means, far within int64 and JS numbers
 const Ms = (description: string, minimum = 0) => Type.Integer({ minimum, maximum: MAX_MS, description });
-const Int32 = { minimum: -2147483648, maximum: 2147483647 };
+const Int32 = { minimum: MIN_PRIORITY, maximum: MAX_PRIORITY };
 
-export const TaskType = Text({ minLength: 1, maxLength: 200, description: 'A task type' });
-export const Namespace = Text({ minLength: 1, maxLength: 200, description: "Default 'default'" });
+export const TaskType = Text({ minLength: 1, maxLength: MAX_NAME_LENGTH, description: 'A task type' });
+export const Namespace = Text({ minLength: 1, maxLength: MAX_NAME_LENGTH, description: "Default 'default'" });
 /** Any JSON value (payloads, results, progress, step values). */
 export const AnyJson = Type.Unknown({ description: 'Any JSON value' });
 
@@ -52,7 +62,7 @@ export const ErrorBody = Type.Object(
     error: Type.Object({
       code: Type.String({
         description:
-          'invalid_request, unauthorized, forbidden, not_found, stale_attempt, conflict, payload_too_large, unsupported_media_type, unavailable, internal',
+          'invalid_request, unauthorized, forbidden, not_found, method_not_allowed, stale_attempt, conflict, payload_too_large, unsupported_media_type, unavailable, internal',
       }),
       message: Type.String(),
       field: Type.Optional(Type.String({ description: 'JSON pointer of the offending field' })),
@@ -64,18 +74,18 @@ export const ErrorBody = Type.Object(
 // ---------------------------------------------------------------- task options
 
 const TaskOptionsFields = {
-  maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Default 3' })),
+  maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_ATTEMPTS, description: 'Default 3' })),
   backoffMs: Type.Optional(Ms('Base delay of the exponential backoff')),
   maxBackoffMs: Type.Optional(Ms('Cap on one backoff delay')),
   priority: Type.Optional(Type.Integer({ ...Int32, description: 'Higher runs first' })),
-  runAt: Type.Optional(Type.Integer({ minimum: 0, maximum: 1e14, description: 'Epoch ms' })),
+  runAt: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS, description: 'Epoch ms' })),
   delayMs: Type.Optional(Ms('Do not run before this many ms from now')),
   timeoutMs: Type.Optional(Ms('Per-attempt timeout', 1)),
   concurrency: Type.Optional(
     Type.Object(
       {
-        key: Text({ minLength: 1, maxLength: 200 }),
-        limit: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+        key: Text({ minLength: 1, maxLength: MAX_NAME_LENGTH }),
+        limit: Type.Integer({ minimum: 1, maximum: MAX_CONCURRENCY }),
       },
       { additionalProperties: false },
     ),
@@ -96,14 +106,16 @@ export const SpawnOptions = Type.Object(
     ...TaskOptionsFields,
     key: Text({
       minLength: 1,
-      maxLength: 200,
+      maxLength: MAX_KEY_LENGTH,
       description:
         "The child's idempotency key among its parent's children (the TypeScript client uses #0, #1, ...)",
     }),
-    dedupKey: Type.Optional(Text({ minLength: 1, maxLength: 200 })),
+    dedupKey: Type.Optional(
+      Text({ minLength: 1, maxLength: MAX_KEY_LENGTH, description: 'Unique within the job, e.g. a URL' }),
+    ),
     after: Type.Optional(
-      Type.Array(Text({ minLength: 1, maxLength: 200 }), {
-        maxItems: 1000,
+      Type.Array(Text({ minLength: 1, maxLength: MAX_KEY_LENGTH }), {
+        maxItems: MAX_AFTER,
         description: 'Task ids of this job, or spawn keys of siblings',
       }),
     ),
@@ -519,11 +531,11 @@ export const TypeConfigBody = Type.Object(
       Type.Object(
         {
           type: TaskType,
-          maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+          maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_ATTEMPTS })),
           backoffMs: Type.Optional(Ms('Base delay of the exponential backoff')),
           maxBackoffMs: Type.Optional(Ms('Cap on one backoff delay')),
           timeoutMs: Type.Optional(Ms('Per-attempt timeout', 1)),
-          concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+          concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_CONCURRENCY })),
         },
         { additionalProperties: false },
       ),
@@ -548,4 +560,56 @@ export const EventsQuery = Type.Object(
   },
   { additionalProperties: false },
 );
+/** An event of a stream, as the JSON of its `data:` line (DynataskEvent in engine/types.ts). */
+export const StreamEvent = Type.Union(
+  [
+    Type.Object(
+      {
+        kind: Type.Literal('task'),
+        jobId: Type.String(),
+        taskId: Type.String(),
+        type: Type.String(),
+        state: TaskState,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'TaskEvent' },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('progress'),
+        jobId: Type.String(),
+        taskId: Type.String(),
+        type: Type.String(),
+        progress: AnyJson,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'ProgressEvent' },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('job'),
+        jobId: Type.String(),
+        state: JobState,
+        at: Type.Integer({ description: 'Epoch ms' }),
+      },
+      { title: 'JobEvent' },
+    ),
+  ],
+  { title: 'Event' },
+);
+
+/**
+ * One Server-Sent Event as a client's parser reads it: in OpenAPI 3.1 the schema of a
+ * text/event-stream describes each event, and `data` holds the event's JSON.
+ */
+export const ServerSentEvent = Type.Object(
+  {
+    id: Type.Optional(Type.String({ description: 'Increases by one per event of this stream' })),
+    event: Type.Optional(Type.String({ description: 'Not sent: the default, message' })),
+    retry: Type.Optional(Type.Integer({ description: 'Reconnection delay in ms' })),
+    data: Type.String({ contentMediaType: 'application/json', contentSchema: StreamEvent }),
+  },
+  { title: 'ServerSentEvent' },
+);
+
 export const HealthReply = Type.Object({ status: Type.String() }, { title: 'Health' });

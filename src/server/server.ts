@@ -5,21 +5,22 @@
  * it runs the lease sweeper, so tasks of remote workers that crashed are retried.
  */
 import swagger from '@fastify/swagger';
-import { type TypeBoxTypeProvider, TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyReply, type FastifyServerOptions, LogController } from 'fastify';
 import type { Dynatask } from '../dynatask.js';
 import type { Engine } from '../engine/engine.js';
 import { Auth, type TokenSpec } from './auth.js';
 import { ClaimMemory } from './claims.js';
-import { hoistTitledSchemas } from './components.js';
+import { hoistTitledSchemas, withoutAuth } from './components.js';
 import { type ServerContext, TypeSettings } from './context.js';
-import { checkDepth, installErrorHandlers, toErrorReply } from './errors.js';
+import { checkDepth, HttpError, installErrorHandlers, toErrorReply } from './errors.js';
 import { Metrics } from './metrics.js';
 import type { Typed } from './routes/common.js';
 import { EventStreams, eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
 import { opsRoutes } from './routes/ops.js';
 import { workerRoutes } from './routes/worker.js';
+import { validatorCompiler } from './validation.js';
 import { Wakeups } from './wakeups.js';
 
 /** Expired leases failed per sweeper transaction. */
@@ -133,17 +134,49 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
       void reply.code(r.status).send(r.body);
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
-  app.setValidatorCompiler(TypeBoxValidatorCompiler);
+  app.setValidatorCompiler(validatorCompiler);
   installErrorHandlers(app);
 
   await app.register(swagger, {
     openapi: OPENAPI,
-    // Named types for SDK generators (components.ts).
-    transformObject: (d) => ('openapiObject' in d ? hoistTitledSchemas(d.openapiObject) : d.swaggerObject),
+    // Named types for SDK generators (components.ts); without tokens configured, the document
+    // of an open server: no bearer auth for a generated client to send, no 401 or 403.
+    transformObject: (d) => {
+      if (!('openapiObject' in d)) return d.swaggerObject;
+      const doc = hoistTitledSchemas(d.openapiObject);
+      return auth.enabled ? doc : withoutAuth(doc);
+    },
   });
 
-  app.addHook('onRequest', async (req) => {
-    if (req.is404) return;
+  // The methods of each route path, for 405 answers (with Allow) to the methods it lacks.
+  const paths = new Map<string, { pattern: RegExp; methods: Set<string> }>();
+  app.addHook('onRoute', (r) => {
+    let p = paths.get(r.url);
+    if (!p) {
+      const pattern = new RegExp(
+        `^${r.url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}$`,
+      );
+      p = { pattern, methods: new Set() };
+      paths.set(r.url, p);
+    }
+    for (const m of Array.isArray(r.method) ? r.method : [r.method]) p.methods.add(m);
+  });
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.is404) {
+      const path = req.url.split('?')[0]!;
+      const allowed = [...paths.values()].find((p) => p.pattern.test(path));
+      if (allowed) {
+        const allow = [...allowed.methods].sort().join(', ');
+        void reply.header('allow', allow);
+        throw new HttpError(
+          405,
+          'method_not_allowed',
+          `${req.method} ${path} is not allowed (allowed: ${allow})`,
+        );
+      }
+      return;
+    }
     auth.check(req, req.routeOptions.config.access ?? 'any');
   });
   app.addHook('preValidation', async (req) => {

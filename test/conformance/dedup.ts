@@ -7,6 +7,15 @@ import { describe, expect, it } from 'vitest';
 import type { TaskHandle } from '../../src/index.js';
 import { allTasks, type Harness, settled } from './harness.js';
 
+/** The longest spawn key, dedup key or `after` reference (MAX_KEY_LENGTH in src/engine/limits.ts). */
+const MAX_KEY = 8192;
+
+/** A real-looking URL of exactly `n` characters. */
+function longUrl(n: number): string {
+  const head = 'https://example.com/search?q=';
+  return head + 'a%20b'.repeat(n).slice(0, n - head.length);
+}
+
 /** A small web with cycles and shared links. */
 const WEB: Record<string, string[]> = {
   '/': ['/a', '/b', '/c'],
@@ -100,6 +109,81 @@ export function dedupTests(h: Harness): void {
       expect(await two.result()).toEqual([true, false, true]);
       expect((await dt.getJob(one.id)).total).toBe(2);
       expect((await dt.getJob(two.id)).total).toBe(2);
+    });
+
+    it('long keys such as real URLs (2,048 characters, and the limit in multi-byte text) work as dedup and spawn keys', async () => {
+      const dt = await h.open();
+      const url = longUrl(2048);
+      // Varied CJK text, 3 bytes a character in UTF-8, that compression cannot shrink: far past
+      // what a plain B-tree index entry can hold (about 2,700 bytes).
+      let seed = 1;
+      const wide = Array.from({ length: MAX_KEY }, () => {
+        seed = (seed * 48271) % 2147483647;
+        return String.fromCharCode(0x4e00 + (seed % 0x5000));
+      }).join('');
+      dt.handle('root', async (ctx) => {
+        const out = [];
+        for (const k of [url, wide]) {
+          const a = await ctx.spawn('leaf', 1, { dedupKey: k });
+          const b = await ctx.spawn('leaf', 2, { dedupKey: k });
+          const c = await ctx.spawn('leaf', 3, { key: k });
+          const d = await ctx.spawn('leaf', 4, { key: k });
+          out.push([a.created, b.id === a.id, c.created, d.id === c.id, c.key === k]);
+        }
+        return out;
+      });
+      dt.handle('leaf', (_ctx, p) => p);
+      await dt.start();
+      const job = await dt.submit('root', null, { maxAttempts: 1 });
+      const info = await settled(dt, job);
+      expect(info.error).toBeNull();
+      expect(info.result).toEqual([
+        [true, true, true, true, true],
+        [true, true, true, true, true],
+      ]);
+      expect(info.total).toBe(5);
+      const leaves = (await allTasks(dt, job.id)).filter((t) => t.type === 'leaf');
+      expect(leaves.map((t) => t.dedupKey).filter((k) => k !== null)).toEqual([url, wide]);
+      expect(leaves.map((t) => t.key).filter((k) => !k!.startsWith('#'))).toEqual([url, wide]);
+    });
+
+    it('a key over the limit is refused with the same message in-process and through a server', async () => {
+      const dt = await h.open();
+      const tooLong = 'k'.repeat(MAX_KEY + 1);
+      dt.handle('root', async (ctx) => {
+        const refused = (options: object) =>
+          ctx.spawn('leaf', null, options).then(
+            () => 'spawned',
+            (e: Error) => `${e.name}: ${e.message}`,
+          );
+        return [
+          await refused({ dedupKey: tooLong }),
+          await refused({ key: tooLong }),
+          await refused({ after: [tooLong] }),
+          await refused({ concurrency: { key: 'c'.repeat(201), limit: 1 } }),
+        ];
+      });
+      await dt.start();
+      const job = await dt.submit('root', null, { maxAttempts: 1 });
+      const info = await settled(dt, job);
+      expect(info.error).toBeNull();
+      const rule = `must be a non-empty string of at most ${MAX_KEY} characters without NUL, got ${MAX_KEY + 1} characters`;
+      expect(info.result).toEqual([
+        `ValidationError: children[0].options.dedupKey ${rule}`,
+        `ValidationError: children[0].options.key ${rule}`,
+        `ValidationError: children[0].options.after[0] ${rule}`,
+        'ValidationError: children[0].options.concurrency.key must be a non-empty string of at most 200 characters without NUL, got 201 characters',
+      ]);
+      await expect(dt.submit('root', null, { priority: 2 ** 31 })).rejects.toThrow(
+        'jobs[0].options.priority must be an integer from -2147483648 to 2147483647, got 2147483648',
+      );
+      await expect(dt.submit('root', null, { jobId: 'job-1' })).rejects.toThrow(
+        'jobs[0].options.jobId must be a UUID (e.g. 0190f5c2-7b1e-7cc0-8f3e-1d2b3c4d5e6f), got "job-1"',
+      );
+      await expect(dt.submit('root', null, { maxAttempts: 1001 })).rejects.toThrow(
+        'jobs[0].options.maxAttempts must be an integer from 1 to 1000, got 1001',
+      );
+      expect(info.total).toBe(1);
     });
   });
 }

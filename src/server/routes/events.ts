@@ -8,7 +8,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { NotFoundError } from '../../engine/errors.js';
 import type { DynataskEvent } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';
-import { EventsQuery, JobParams } from '../schemas.js';
+import { EventsQuery, JobParams, ServerSentEvent } from '../schemas.js';
 import { errors, type Typed } from './common.js';
 
 /** A comment line this often keeps proxies from closing an idle stream. */
@@ -138,7 +138,7 @@ const sseResponse = {
   200: {
     description:
       'text/event-stream: one `data:` line of JSON per event ({kind: task|progress|job, jobId, ...}), `id:` increasing per stream',
-    content: { 'text/event-stream': { schema: { type: 'string' } } },
+    content: { 'text/event-stream': { schema: ServerSentEvent } },
   },
 };
 
@@ -169,7 +169,7 @@ export function eventRoutes(app: Typed, ctx: ServerContext, streams: EventStream
         tags,
         summary: "Every job's events (Server-Sent Events), as transitions commit through this server",
         querystring: EventsQuery,
-        response: { ...sseResponse, ...errors(401, 403) },
+        response: { ...sseResponse, ...errors(400, 401, 403) },
       },
     },
     (req, reply) => {

@@ -23,6 +23,9 @@ const SETTLED = `('succeeded', 'failed', 'cancelled', 'skipped')`;
 
 /** A parent's job id, so that lookups of its children use the job-first keys. */
 const jobOfTask = (s: string, param: string) => `(SELECT job_id FROM ${s}.tasks WHERE id = ${param} LIMIT 1)`;
+/** The hashes of an array of keys, as the key indexes hold them (migration 004): computed once. */
+const keyHashes = (s: string, param: string) =>
+  `ARRAY(SELECT ${s}.key_hash(k) FROM unnest(${param}::text[]) AS k)`;
 
 export function queries(s: string) {
   return {
@@ -67,13 +70,15 @@ export function queries(s: string) {
     /** $1: id. The whole row, for reading. */
     getTask: `SELECT * FROM ${s}.tasks WHERE id = $1`,
 
-    /** $1: parent id, $2: spawn keys. */
+    /** $1: parent id, $2: spawn keys. The index holds the keys' hashes (migration 004). */
     findChildrenByKey: `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks
-      WHERE job_id = ${jobOfTask(s, '$1')} AND parent_id = $1 AND spawn_key = ANY($2::text[])`,
+      WHERE job_id = ${jobOfTask(s, '$1')} AND parent_id = $1
+        AND ${s}.key_hash(spawn_key) = ANY(${keyHashes(s, '$2')}) AND spawn_key = ANY($2::text[])`,
 
     /** $1: job id, $2: dedup keys. */
     findByDedupKey: `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks
-      WHERE job_id = $1 AND dedup_key = ANY($2::text[])`,
+      WHERE job_id = $1 AND dedup_key IS NOT NULL
+        AND ${s}.key_hash(dedup_key) = ANY(${keyHashes(s, '$2')}) AND dedup_key = ANY($2::text[])`,
 
     /** $1: parent id. Its children with their outcomes, in creation order. */
     children: `SELECT ${list(OUTCOME_COLUMNS)} FROM ${s}.tasks

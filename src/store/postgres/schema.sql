@@ -4,6 +4,10 @@
 
 CREATE SCHEMA dynatask;
 
+CREATE FUNCTION dynatask.key_hash(key text) RETURNS bytea
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$ SELECT pg_catalog.sha256(pg_catalog.convert_to(key, 'UTF8')) $$;
+
 CREATE TABLE dynatask.jobs (
     id text NOT NULL COLLATE pg_catalog."C",
     namespace text NOT NULL COLLATE pg_catalog."C",
@@ -147,8 +151,8 @@ CREATE INDEX tasks_by_job_state ON dynatask.tasks USING btree (job_id, state);
 
 CREATE INDEX tasks_claim ON dynatask.tasks USING btree (namespace, type, priority DESC, run_at, id) WHERE (state = 'queued'::text);
 
-CREATE UNIQUE INDEX tasks_dedup_key ON dynatask.tasks USING btree (job_id, dedup_key) WHERE (dedup_key IS NOT NULL);
+CREATE UNIQUE INDEX tasks_dedup_key ON dynatask.tasks USING btree (job_id, dynatask.key_hash(dedup_key)) WHERE (dedup_key IS NOT NULL);
 
 CREATE INDEX tasks_leases ON dynatask.tasks USING btree (lease_expires_at) WHERE (state = 'running'::text);
 
-CREATE UNIQUE INDEX tasks_spawn_key ON dynatask.tasks USING btree (job_id, parent_id, spawn_key);
+CREATE UNIQUE INDEX tasks_spawn_key ON dynatask.tasks USING btree (job_id, parent_id, dynatask.key_hash(spawn_key));
