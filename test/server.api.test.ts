@@ -3,8 +3,9 @@
  * shapes (400 naming the field, 401, 403, 404, 409, 413, 415), idempotent retries of submit,
  * complete, fail and spawn, long polls woken by a submission, and event streams.
  */
-import { Writable } from 'node:stream';
+
 import { type IncomingHttpHeaders, request } from 'node:http';
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTokens } from '../src/server/auth.js';
 import { pollUntil } from './conformance/harness.js';
