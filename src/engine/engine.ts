@@ -198,6 +198,26 @@ export class Engine {
     return this.typeConfigs.get(`${namespace}\0${type}`);
   }
 
+  /**
+   * The type settings in force in the database for these tasks' types (keyed namespace NUL
+   * type), read in the transaction: retry decisions must not use this process's copy, which
+   * misses types registered by other processes, and namespaces it never served (the sweeper
+   * fails expired leases of every namespace). Only types some task takes a default from.
+   */
+  private async typeConfigsIn(
+    tx: StoreTx,
+    rows: Array<Pick<TaskCore, 'namespace' | 'type' | 'max_attempts' | 'backoff_ms' | 'max_backoff_ms'>>,
+  ): Promise<Map<string, TypeConfigRow>> {
+    const keys = new Map<string, { namespace: string; type: string }>();
+    for (const r of rows)
+      if (r.max_attempts === null || r.backoff_ms === null || r.max_backoff_ms === null)
+        keys.set(`${r.namespace}\0${r.type}`, { namespace: r.namespace, type: r.type });
+    if (!keys.size) return new Map();
+    return new Map(
+      (await tx.getTypeConfigs([...keys.values()])).map((c) => [`${c.namespace}\0${c.type}`, c]),
+    );
+  }
+
   // ---------------------------------------------------------------- creating tasks
 
   /**
@@ -675,7 +695,11 @@ export class Engine {
     return ok;
   }
 
-  private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskCore; error: TaskError }>) {
+  private async failAttempts(
+    tx: StoreTx,
+    b: Batch,
+    failing: Array<{ row: TaskCore; error: TaskError; lost?: boolean }>,
+  ) {
     await tx.insertAttempts(
       failing.map(({ row, error }) => ({
         job_id: row.job_id,
@@ -686,10 +710,14 @@ export class Engine {
         error: errorJson(error),
       })),
     );
-    const retries: Array<{ row: TaskCore; error: TaskError }> = [];
-    const permanent: Array<{ row: TaskCore; error: TaskError }> = [];
+    const retries: typeof failing = [];
+    const permanent: typeof failing = [];
+    const cfgs = await this.typeConfigsIn(
+      tx,
+      failing.map((f) => f.row),
+    );
     for (const f of failing) {
-      const cfg = this.typeConfig(f.row.namespace, f.row.type);
+      const cfg = cfgs.get(`${f.row.namespace}\0${f.row.type}`);
       const maxAttempts = f.row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
       (f.error.retryable !== false && f.row.attempt < maxAttempts ? retries : permanent).push(f);
     }
@@ -701,10 +729,10 @@ export class Engine {
       await terminate(tx, b, row, 'failed', error);
     }
     const patches: TaskPatch[] = [];
-    for (const { row, error } of retries) {
+    for (const { row, error, lost } of retries) {
       if (b.terminated.has(row.id)) continue;
       releaseSlots(b, row);
-      const cfg = this.typeConfig(row.namespace, row.type);
+      const cfg = cfgs.get(`${row.namespace}\0${row.type}`);
       const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
       const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
       const exp = Math.min(cap, base * 2 ** (row.attempt - 1));
@@ -714,7 +742,9 @@ export class Engine {
         id: row.id,
         state: 'queued',
         attempt: row.attempt + 1,
-        run_at: b.now + delay,
+        // A task whose worker vanished did nothing wrong: it keeps its place in the queue (its
+        // run_at, unchanged while it ran), instead of going behind all that was queued meanwhile.
+        run_at: lost ? Math.min(row.run_at, b.now) : b.now + delay,
         lease_expires_at: null,
         wait_mode: 0,
         error: errorJson(error),
@@ -785,6 +815,7 @@ export class Engine {
         b,
         rows.map((row) => ({
           row,
+          lost: true,
           error: {
             name: 'LeaseExpired',
             message: `attempt ${row.attempt} lost its lease: the worker crashed, stalled or timed out`,
@@ -915,7 +946,7 @@ export class Engine {
         throw new ConflictError(
           `task ${taskId} failed because a child failed after its handler had finished: retry that child instead`,
         );
-      const cfg = this.typeConfig(task.namespace, task.type);
+      const cfg = (await this.typeConfigsIn(tx, [task])).get(`${task.namespace}\0${task.type}`);
       const budget = task.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
       const patches: TaskPatch[] = [
         {

@@ -268,6 +268,11 @@ export interface StoreTx {
   adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void>;
   upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void>;
   /**
+   * The per-type settings in force now, as the database holds them: a retry decision reads
+   * them here, not from a process's copy, which another process's registration makes stale.
+   */
+  getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]>;
+  /**
    * Tells other processes' workers, once this transaction commits (and only then), that tasks
    * of these types became ready in this namespace. Optional: a store without it (SQLite) is
    * only shared through the workers' safety-net poll.

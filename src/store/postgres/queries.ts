@@ -263,6 +263,10 @@ export function queries(s: string) {
         backoff_ms = excluded.backoff_ms, max_backoff_ms = excluded.max_backoff_ms,
         timeout_ms = excluded.timeout_ms, concurrency = excluded.concurrency`,
 
+    /** $1, $2: arrays of namespace and type (pairs). */
+    getTypeConfigs: `SELECT c.* FROM unnest($1::text[], $2::text[]) AS k(namespace, type)
+      JOIN ${s}.type_configs c ON c.namespace = k.namespace AND c.type = k.type`,
+
     /** $1: namespace. */
     typeConfigs: `SELECT * FROM ${s}.type_configs WHERE namespace = $1`,
 

@@ -337,6 +337,11 @@ export class PostgresTx implements StoreTx {
     ].join('; ');
   }
 
+  async getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]> {
+    if (!keys.length) return [];
+    return this.rows(this.ctx.q.getTypeConfigs, [keys.map((k) => k.namespace), keys.map((k) => k.type)]);
+  }
+
   async upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void> {
     const last = new Map(rows.map((r) => [`${r.namespace}\0${r.type}`, r]));
     if (!last.size) return;

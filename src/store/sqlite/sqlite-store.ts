@@ -469,6 +469,16 @@ export class SqliteStore implements Store {
         for (const [key, d] of deltas) if (d !== 0) s.run(d, namespace, key);
       },
 
+      async getTypeConfigs(keys: Array<{ namespace: string; type: string }>) {
+        const s = st('SELECT * FROM type_configs WHERE namespace = ? AND type = ?');
+        const out: TypeConfigRow[] = [];
+        for (const k of keys) {
+          const r = s.get(k.namespace, k.type) as TypeConfigRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
+      },
+
       async upsertTypeConfigs(rows: TypeConfigRow[]) {
         const s = st(
           `INSERT INTO type_configs (namespace, type, max_attempts, backoff_ms, max_backoff_ms, timeout_ms, concurrency)
