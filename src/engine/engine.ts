@@ -547,6 +547,7 @@ export class Engine {
   }
 
   private async getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskCore> {
+    tx.assertNotHeldByCaller?.(ref.id); // a ctx call while the handler's own transaction holds the task
     const [row] = await tx.getTasks([ref.id]);
     if (!row) throw new NotFoundError(`task ${ref.id} not found`);
     if (row.state !== 'running' || row.run_token !== ref.token)
@@ -787,11 +788,17 @@ export class Engine {
   /** Renews the leases of running attempts; reports, per item, `ok`, `cancelled` or `lost`. */
   async heartbeat(items: AttemptRef[], leaseMs = this.leaseMs): Promise<Array<'ok' | 'cancelled' | 'lost'>> {
     return this.run(async (tx, b) => {
-      const rows = new Map((await tx.getTasks(items.map((i) => i.id))).map((r) => [r.id, r]));
+      // A row another transaction holds is passed over, not waited for: a heartbeat of many
+      // tasks must not wait for a caller's transaction holding one (options.transaction).
+      const ids = items.map((i) => i.id);
+      const rows = new Map((await tx.getTasks(ids, { skipLocked: true })).map((r) => [r.id, r]));
+      const missing = ids.filter((id) => !rows.has(id));
+      // Passed over, not gone: not renewed this time (the sweeper passes over it too).
+      const busy = new Set(missing.length ? (await tx.outcomes(missing)).map((r) => r.id) : []);
       const patches: TaskPatch[] = [];
       const out = items.map((item) => {
         const r = rows.get(item.id);
-        if (!r) return 'lost' as const;
+        if (!r) return busy.has(item.id) ? ('ok' as const) : ('lost' as const);
         if (r.state === 'running' && r.run_token === item.token) {
           patches.push({
             id: r.id,

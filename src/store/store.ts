@@ -216,8 +216,18 @@ export interface StoreTx {
    * (StaleAttemptError); the store then runs the whole operation again.
    */
   insertTasks(rows: TaskRow[]): Promise<Set<string>>;
-  /** Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock). */
-  getTasks(ids: string[]): Promise<TaskCore[]>;
+  /**
+   * Throws ConflictError when an open transaction of the caller (`options.transaction`) in
+   * this process holds the task's row, and this is not that transaction: waiting for the row
+   * would wait for the caller, who is waiting for this call. Optional: only stores that join
+   * callers' transactions (PostgreSQL) have it.
+   */
+  assertNotHeldByCaller?(taskId: string): void;
+  /**
+   * Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock).
+   * `skipLocked`: leaves out, without waiting, rows another transaction holds.
+   */
+  getTasks(ids: string[], opts?: { skipLocked?: boolean }): Promise<TaskCore[]>;
   updateTasks(patches: TaskPatch[]): Promise<void>;
   findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]>;
   findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]>;

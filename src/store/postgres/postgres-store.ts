@@ -104,6 +104,21 @@ const CONNECTION_CODES = new Set([
   'ETIMEDOUT',
   'ENOENT', // the unix socket is gone while the server restarts
 ]);
+/**
+ * A store transaction waits this long for a row lock, then rolls back and runs again later,
+ * outside the store's one-at-a-time order: a row held by someone else's transaction (a
+ * caller's `options.transaction`, in this process or another) must not stall every other
+ * operation of the process behind it. The wait doubles on each try (a hot row under heavy
+ * contention still gets its turn), and the operation gives up after LOCK_WAIT_FOR_MS.
+ */
+const LOCK_TIMEOUT_FIRST_MS = 200;
+const LOCK_TIMEOUT_MAX_MS = 3200;
+const LOCK_WAIT_FOR_MS = 60_000;
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** The database's clock in ms: every time a transaction stamps or compares (leases, run_at). */
+const DB_NOW = 'SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now';
+
 /** Connection errors are retried with a doubling delay from the first to the last, for this long in all. */
 const RECONNECT_FIRST_MS = 50;
 const RECONNECT_MAX_MS = 1000;
@@ -224,8 +239,43 @@ export class PostgresStore implements Store {
     });
   }
 
-  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-    return this.mutex.run(() => this.runTransaction(fn));
+  async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    let lockTimeoutMs = LOCK_TIMEOUT_FIRST_MS;
+    let giveUpAt: number | undefined;
+    for (;;) {
+      try {
+        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs));
+      } catch (e) {
+        if ((e as { code?: string }).code !== LOCK_NOT_AVAILABLE || this.closing) throw e;
+        giveUpAt ??= Date.now() + LOCK_WAIT_FOR_MS;
+        if (Date.now() >= giveUpAt)
+          throw new Error(
+            `dynatask: rows this operation needs stayed locked by another transaction for ${LOCK_WAIT_FOR_MS / 1000} s (an uncommitted options.transaction?)`,
+            { cause: e },
+          );
+        // Outside the mutex: the process's other operations go on meanwhile.
+        await new Promise((r) => setTimeout(r, lockTimeoutMs / 2 + Math.random() * (lockTimeoutMs / 2)));
+        lockTimeoutMs = Math.min(lockTimeoutMs * 2, LOCK_TIMEOUT_MAX_MS);
+      }
+    }
+  }
+
+  /**
+   * Open transactions of callers (`options.transaction`) in this process, by the tasks whose
+   * rows they locked. A ctx call about such a task from outside that transaction would wait
+   * for the caller, who waits for the call: it is refused instead (assertNotHeldByCaller).
+   */
+  private readonly callerLocks = new Map<string, pg.ClientBase>();
+
+  /** The caller's client holding a task's row, if its transaction is still open. */
+  private callerHolding(taskId: string): pg.ClientBase | undefined {
+    const client = this.callerLocks.get(taskId);
+    if (!client) return undefined;
+    // 'T': in a transaction, 'E': in a failed one (locks held until ROLLBACK); 'I': committed or rolled back.
+    const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.();
+    if (status === 'T' || status === 'E') return client;
+    this.callerLocks.delete(taskId);
+    return undefined;
   }
 
   /**
@@ -239,26 +289,37 @@ export class PostgresStore implements Store {
       throw new ValidationError(
         'options.transaction must be a pg Client or PoolClient inside a transaction the caller began',
       );
+    const c = client as pg.ClientBase;
     return this.tracked('statement', async () => {
-      const tx = new PostgresTx(client as pg.ClientBase, { ...this.ctx, origin: EXTERNAL_ORIGIN, types });
+      const now = (await c.query<{ now: number }>({ text: DB_NOW, types })).rows[0]!.now;
+      const tx = new PostgresTx(c, { ...this.ctx, origin: EXTERNAL_ORIGIN, types }, now, {
+        holder: c,
+        holding: (id) => this.callerHolding(id),
+      });
       const out = await fn(tx);
       await tx.sendNotices();
+      // Rows it locked stay locked until the caller commits or rolls back.
+      for (const id of tx.locked) this.callerLocks.set(id, c);
+      // Forget transactions that have ended, now and then, so the map stays small.
+      if (this.callerLocks.size > 1024) for (const id of [...this.callerLocks.keys()]) this.callerHolding(id);
       return out;
     });
   }
 
-  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>, lockTimeoutMs: number): Promise<T> {
     let reconnectMs = RECONNECT_FIRST_MS;
     let reconnectUntil: number | undefined;
     for (let attempt = 1; ; attempt++) {
       let tx: PostgresTx | undefined;
       try {
         return await this.withClient(
-          (client) => {
-            tx = new PostgresTx(client, this.ctx);
+          (client, now) => {
+            tx = new PostgresTx(client, this.ctx, now!, { holding: (id) => this.callerHolding(id) });
             return fn(tx);
           },
           () => tx!.commitSql(),
+          // One round trip: BEGIN, the lock wait allowed, and the database's time.
+          `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`,
         );
       } catch (e) {
         // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
@@ -283,7 +344,11 @@ export class PostgresStore implements Store {
   }
 
   /** BEGIN, `fn`, COMMIT (`commitSql()`: with notices) on one pooled client; ROLLBACK if `fn` throws. */
-  private withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, commitSql = () => 'COMMIT'): Promise<T> {
+  private withClient<T>(
+    fn: (client: pg.PoolClient, now?: number) => Promise<T>,
+    commitSql = () => 'COMMIT',
+    begin = 'BEGIN',
+  ): Promise<T> {
     return this.tracked('transaction', async () => {
       const client = await this.pool.connect();
       let broken: Error | undefined;
@@ -295,8 +360,9 @@ export class PostgresStore implements Store {
       client.on('error', onError);
       let committing = false;
       try {
-        await client.query('BEGIN');
-        const out = await fn(client);
+        const began = (await client.query(begin)) as pg.QueryResult | pg.QueryResult[];
+        const last = Array.isArray(began) ? began[began.length - 1] : began;
+        const out = await fn(client, (last?.rows[0] as { now?: number } | undefined)?.now);
         // Broken already (its 'error' came in): COMMIT cannot reach the server, so the
         // transaction did not commit, and may run again.
         if (broken) throw broken;

@@ -64,6 +64,10 @@ export function queries(s: string) {
      */
     getTasks: `SELECT ${list(CORE_COLUMNS)} FROM ${s}.tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
 
+    /** $1: ids. Locks the rows no other transaction holds; leaves the others out. */
+    getTasksSkipLocked: `SELECT ${list(CORE_COLUMNS)} FROM ${s}.tasks WHERE id = ANY($1::text[])
+      ORDER BY id FOR UPDATE SKIP LOCKED`,
+
     /** $1: id. The whole row, for reading. */
     getTask: `SELECT * FROM ${s}.tasks WHERE id = $1`,
 

@@ -3,6 +3,7 @@
  * on the transaction's client. Each is one statement (one round trip) whatever the batch size.
  */
 import type pg from 'pg';
+import { ConflictError } from '../../engine/errors.js';
 import type {
   AttemptRow,
   ClaimByIdsQuery,
@@ -52,10 +53,33 @@ export class PostgresTx implements StoreTx {
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
   private readonly notices: string[] = [];
 
+  /** Ids of the task rows this transaction locked (for a caller's transaction: see PostgresStore). */
+  readonly locked = new Set<string>();
+
   constructor(
     private readonly client: pg.ClientBase,
     private readonly ctx: TxContext,
+    /** The database's time when the transaction began. */
+    private readonly at: number,
+    private readonly callers: {
+      /** The caller's client this transaction runs on, if any. */
+      holder?: pg.ClientBase;
+      /** The open caller's transaction of this process holding a task's row, if any. */
+      holding(taskId: string): pg.ClientBase | undefined;
+    },
   ) {}
+
+  /**
+   * Refuses a call about a task whose row an open transaction of the caller holds, unless
+   * this is that transaction: it would wait for the caller, who waits for it.
+   */
+  assertNotHeldByCaller(taskId: string): void {
+    const holder = this.callers.holding(taskId);
+    if (holder && holder !== this.callers.holder)
+      throw new ConflictError(
+        `task ${taskId} is locked by the transaction passed as options.transaction (to ctx.spawn or submit), which has not committed: commit or roll it back before other calls about this task (ctx.step, ctx.progress, ctx.spawn without it, ctx.waitAll), or pass it to ctx.spawn again`,
+      );
+  }
 
   private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
     return (await this.query(text, values)).rows as R[];
@@ -71,8 +95,9 @@ export class PostgresTx implements StoreTx {
       : this.client.query(text, values);
   }
 
+  /** The database's clock, not this machine's: processes on machines whose clocks differ agree on leases and run times. */
   now(): number {
-    return Date.now();
+    return this.at;
   }
 
   async insertJobs(rows: JobRow[]): Promise<void> {
@@ -120,9 +145,14 @@ export class PostgresTx implements StoreTx {
     return new Set(inserted.map((r) => r.id));
   }
 
-  async getTasks(ids: string[]): Promise<TaskCore[]> {
+  async getTasks(ids: string[], opts?: { skipLocked?: boolean }): Promise<TaskCore[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.getTasks, [ids]);
+    const rows = await this.rows<TaskCore>(
+      opts?.skipLocked ? this.ctx.q.getTasksSkipLocked : this.ctx.q.getTasks,
+      [ids],
+    );
+    if (this.callers.holder) for (const r of rows) this.locked.add(r.id);
+    return rows;
   }
 
   /**
