@@ -148,9 +148,12 @@ describe('dynatask migrate', () => {
     const fresh = join(dir, 'fresh.db');
     const before = await dynatask(['migrate', '--check', '--database', fresh, '--json']);
     expect(before.code).toBe(1);
-    expect(JSON.parse(before.stdout)).toEqual({ database: 'sqlite', pending: ['001_init.sql'] });
+    expect(JSON.parse(before.stdout)).toEqual({
+      database: 'sqlite',
+      pending: ['001_init.sql', '002_slots.sql'],
+    });
     const applied = await dynatask(['migrate', '--database', fresh]);
-    expect(applied).toMatchObject({ code: 0, stdout: 'applied 001_init.sql\n' });
+    expect(applied).toMatchObject({ code: 0, stdout: 'applied 001_init.sql, 002_slots.sql\n' });
     expect((await dynatask(['migrate', '--database', fresh])).stdout).toBe('the schema is up to date\n');
     expect((await dynatask(['migrate', '--check', '--database', fresh])).code).toBe(0);
   });

@@ -82,10 +82,12 @@ describe('postgres schema', () => {
     const url = withSchema(schemas.url, schema);
     const err = await open({ database: url, migrate: false }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ValidationError);
-    expect((err as Error).message).toMatch(/lacks migrations 001_init\.sql: run `dynatask migrate`/);
+    expect((err as Error).message).toMatch(
+      /lacks migrations 001_init\.sql, 002_slots\.sql: run `dynatask migrate`/,
+    );
     const store = new PostgresStore({ url: schemas.url, schema });
-    expect(await store.pendingMigrations()).toEqual(['001_init.sql']);
-    expect(await store.migrate()).toEqual(['001_init.sql']);
+    expect(await store.pendingMigrations()).toEqual(['001_init.sql', '002_slots.sql']);
+    expect(await store.migrate()).toEqual(['001_init.sql', '002_slots.sql']);
     expect(await store.migrate()).toEqual([]);
     expect(await store.pendingMigrations()).toEqual([]);
     await store.close();

@@ -100,7 +100,7 @@ describe('postgres store: migrations', () => {
       async (c) =>
         (await c.query(`SELECT version FROM "${all[0]!.schema}".schema_migrations ORDER BY version`)).rows,
     );
-    expect(versions).toEqual([{ version: '001_init.sql' }]);
+    expect(versions).toEqual([{ version: '001_init.sql' }, { version: '002_slots.sql' }]);
     for (const s of all) await s.close();
   });
 
@@ -184,13 +184,13 @@ describe('postgres store: races between processes', () => {
     expect((await subtree).map((r) => r.id).sort()).toEqual([root.id, parent.id, child.id].sort());
   });
 
-  it('a claim passes over tasks whose concurrency slot appeared after it read the slots', async () => {
+  it('a claim reads the slot of a key whose task appeared after it began, locked, after choosing its candidates', async () => {
     const [a, b] = await twoStores();
     const { job, root } = await seed(a, (jobId, rootId) => [
       taskRow({ job_id: jobId, parent_id: rootId, spawn_key: 'plain' }),
     ]);
-    const claimed = await a.transaction(async (tx) => {
-      expect(await tx.getSlots('default')).toEqual([]);
+    const seen = await a.transaction(async (tx) => {
+      expect(await tx.fullKeySlots('default')).toEqual({ any: false, full: [] });
       // Another process spawns a task limited by a key, with its slot, and commits.
       await b.transaction(async (tb) => {
         await tb.setSlotMax('default', 'key:host', 1);
@@ -199,10 +199,14 @@ describe('postgres store: races between processes', () => {
         ]);
       });
       const q = { namespace: 'default', type: 'work', now: Date.now(), limit: 10, excludeKeys: [] };
-      return tx.claimCandidates({ ...q, withKeys: false });
+      const candidates = await tx.claimCandidates({ ...q, withKeys: false });
+      const keys = candidates.flatMap((c) => (c.concurrency_key ? [c.concurrency_key] : []));
+      return { candidates, slots: await tx.getSlots('default', keys) };
     });
-    // The engine saw no key slots: claiming the keyed task would take no slot and break its limit.
-    expect(claimed.map((c) => c.concurrency_key)).toEqual([null]);
+    // The keyed task is a candidate, and its slot is read (and locked) with it: the engine
+    // takes a slot for it, so its limit holds.
+    expect(seen.candidates.map((c) => c.concurrency_key).sort()).toEqual(['key:host', null].sort());
+    expect(seen.slots).toEqual([{ namespace: 'default', key: 'key:host', max: 1, running: 0 }]);
   });
 
   it('a spawn that loses a race for a dedup key runs again and returns the winner', async () => {

@@ -182,7 +182,8 @@ export class Engine {
     await this.run(async (tx) => {
       await tx.upsertTypeConfigs(rows);
       for (const r of rows) {
-        if (r.concurrency !== null) await tx.setSlotMax(r.namespace, typeSlot(r.type), r.concurrency);
+        // The last registration holds: one without a limit removes the type's limit.
+        await tx.setSlotMax(r.namespace, typeSlot(r.type), r.concurrency);
         this.typeConfigs.set(`${r.namespace}\0${r.type}`, r);
       }
     });
@@ -465,15 +466,14 @@ export class Engine {
         return rows.map((row) => ({ row, token: row.run_token }));
       }
     }
-    const slots = await tx.getSlots(namespace);
+    // Only the slots this claim may take: its types' limits, locked now, and below the slots
+    // of its candidates' keys; of the other keys, only the full ones (their tasks are passed over).
+    const typeSlots = await tx.getSlots(namespace, types.map(typeSlot));
+    const { any: withKeys, full: fullKeys } = await tx.fullKeySlots(namespace);
     // A namespace with limits skips the one-statement claim for a while: it would claim nothing.
-    if (tx.claimReady && slots.length) this.limitedUntil.set(namespace, b.now + 5000);
+    if (tx.claimReady && (typeSlots.length || withKeys)) this.limitedUntil.set(namespace, b.now + 5000);
     const free = new Map<string, number>();
-    for (const s of slots) free.set(s.key, s.max - s.running);
-    const withKeys = slots.some((s) => s.key.startsWith('key:'));
-    const fullKeys = withKeys
-      ? slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key)
-      : [];
+    for (const s of typeSlots) free.set(s.key, s.max - s.running);
     let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
     for (const type of types) {
       const want = Math.min(limit, free.get(typeSlot(type)) ?? limit);
@@ -490,6 +490,11 @@ export class Engine {
     }
     if (types.length > 1)
       candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+    const keys = [
+      ...new Set(candidates.flatMap((c) => (c.concurrency_key !== null ? [c.concurrency_key] : []))),
+    ];
+    // Read fresh under lock: a key's slot may have filled since fullKeySlots looked.
+    for (const s of await tx.getSlots(namespace, keys)) free.set(s.key, s.max - s.running);
     // Choose within the free slots of each type and key; the rest stay queued.
     const ids: string[] = [];
     const slotsHeld: Record<string, number> = {};
@@ -503,8 +508,10 @@ export class Engine {
         held |= SLOT_TYPE;
       }
       const kFree = c.concurrency_key !== null ? free.get(c.concurrency_key) : undefined;
-      if (kFree !== undefined) {
-        if (kFree <= 0) continue;
+      if (c.concurrency_key !== null) {
+        // No slot: it was just deleted as unused, and the spawn of this task makes it again;
+        // the task waits for the next claim rather than run without its limit.
+        if (kFree === undefined || kFree <= 0) continue;
         held |= SLOT_KEY;
       }
       if (held & SLOT_TYPE) {
@@ -816,6 +823,9 @@ export class Engine {
   /** Fails the attempts whose lease expired (crashed or stalled workers); returns how many. */
   async expireLeases(limit = 1000): Promise<number> {
     return this.run(async (tx, b) => {
+      // The sweeper also deletes the slots of keys no task carries any longer, so that the
+      // slots a claim reads stay few, whatever the number of keys ever used.
+      await tx.dropUnusedKeySlots(limit);
       const rows = await tx.expiredLeases(b.now, limit);
       await this.failAttempts(
         tx,

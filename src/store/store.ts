@@ -157,7 +157,7 @@ export interface ClaimQuery {
   limit: number;
   /** Concurrency keys that are full: tasks carrying them are not candidates. */
   excludeKeys: string[];
-  /** False when no concurrency key has a limit: candidates need not carry their key. */
+  /** False when the namespace has no key slots: candidates need not carry their key. */
   withKeys: boolean;
 }
 
@@ -271,11 +271,25 @@ export interface StoreTx {
   dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]>;
   insertAttempts(rows: AttemptRow[]): Promise<void>;
   putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
-  /** The namespace's concurrency slots, locked: a claim reads the free ones and takes some. */
-  getSlots(namespace: string): Promise<SlotRow[]>;
-  /** Upserts a slot's maximum (keeps its running count). */
-  setSlotMax(namespace: string, key: string, max: number): Promise<void>;
+  /**
+   * These concurrency slots of the namespace (those that exist), locked, in key order: a claim
+   * reads how many are free and takes some. Only the slots of the types and keys it claims.
+   */
+  getSlots(namespace: string, keys: string[]): Promise<SlotRow[]>;
+  /**
+   * The namespace's key slots that are full (their tasks are passed over by a claim), and
+   * whether it has key slots at all. Not locked: a slot found full that frees meanwhile only
+   * waits for the next claim; one that fills meanwhile is seen when getSlots locks it.
+   */
+  fullKeySlots(namespace: string): Promise<{ any: boolean; full: string[] }>;
+  /** Upserts a slot's maximum (keeps its running count); `null` removes the slot, and so the limit. */
+  setSlotMax(namespace: string, key: string, max: number | null): Promise<void>;
   adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void>;
+  /**
+   * Deletes up to `limit` key slots, of any namespace, that no task holds and no unsettled task
+   * carries (a slot is created again with the next task that names its key). Returns how many.
+   */
+  dropUnusedKeySlots(limit: number): Promise<number>;
   upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void>;
   /**
    * The per-type settings in force now, as the database holds them: a retry decision reads

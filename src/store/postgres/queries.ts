@@ -100,19 +100,14 @@ export function queries(s: string) {
       RETURNING ${list(COMPLETED_COLUMNS, 't')}`,
 
     /**
-     * $1: namespace, $2: type, $3: now, $4: limit, $5: the concurrency keys this transaction's
-     * getSlots saw (NULL: any), $6: full keys. Queued tasks that are due, best first.
-     *
-     * A task whose key getSlots did not see was spawned, with its slot, after that read (each
-     * statement sees what has committed by its start): it is left for the next claim, which
-     * sees its slot, as if this claim had run entirely before that spawn.
+     * $1: namespace, $2: type, $3: now, $4: limit, $5: full keys. Queued tasks that are due,
+     * best first. The claim then locks the slots of their keys (getSlots) and reads them fresh.
      * SKIP LOCKED: a task another claimer holds is passed over, not waited for; the locks
      * taken here keep the chosen rows queued until claimByIds updates them.
      */
     claimCandidates: `SELECT id, type, priority, run_at, concurrency_key, ctid::text AS ctid FROM ${s}.tasks
       WHERE namespace = $1 AND type = $2 AND state = 'queued' AND run_at <= $3
-        AND (concurrency_key IS NULL
-          OR (($5::text[] IS NULL OR concurrency_key = ANY($5::text[])) AND NOT concurrency_key = ANY($6::text[])))
+        AND (concurrency_key IS NULL OR NOT concurrency_key = ANY($5::text[]))
       ORDER BY priority DESC, run_at, id
       LIMIT $4
       FOR UPDATE SKIP LOCKED`,
@@ -245,10 +240,33 @@ export function queries(s: string) {
     // ------------------------------------------------------------------ types, slots, workers
 
     /**
-     * $1: namespace. Locked, in key order: a claim reads the free slots and then takes some,
-     * so two claimers must not both see the same free slot.
+     * $1: namespace, $2: keys. Locked, in key order: a claim reads the free slots and then
+     * takes some, so two claimers must not both see the same free slot.
      */
-    getSlots: `SELECT namespace, key, max, running FROM ${s}.slots WHERE namespace = $1 ORDER BY key FOR UPDATE`,
+    getSlots: `SELECT namespace, key, max, running FROM ${s}.slots WHERE namespace = $1 AND key = ANY($2::text[])
+      ORDER BY key FOR UPDATE`,
+
+    /** $1: namespace. Whether it has key slots, and the full ones ('key;' follows every 'key:...'). */
+    fullKeySlots: `SELECT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1 AND key >= 'key:' AND key < 'key;') AS any,
+      ARRAY(SELECT key FROM ${s}.slots WHERE namespace = $1 AND running >= max AND key >= 'key:' AND key < 'key;') AS full`,
+
+    /**
+     * $1: limit. Key slots no task holds, locked (SKIP LOCKED: a spawn upserting one holds it).
+     * Their deletion (dropKeySlots) is a second statement, so that its snapshot sees every task
+     * committed by a spawn that held the slot until this one locked it.
+     */
+    unusedKeySlots: `SELECT namespace, key FROM ${s}.slots
+      WHERE key >= 'key:' AND key < 'key;' AND running = 0
+      LIMIT $1 FOR UPDATE SKIP LOCKED`,
+
+    /** $1, $2: namespaces and keys of slots locked by unusedKeySlots. Deletes those no unsettled task carries. */
+    dropKeySlots: `DELETE FROM ${s}.slots AS sl USING unnest($1::text[], $2::text[]) AS k(namespace, key)
+      WHERE sl.namespace = k.namespace AND sl.key = k.key AND sl.running = 0
+        AND NOT EXISTS (SELECT 1 FROM ${s}.tasks AS t
+          WHERE t.namespace = sl.namespace AND t.concurrency_key = sl.key AND t.state NOT IN ${SETTLED})`,
+
+    /** $1: namespace, $2: key. Removes a limit. */
+    deleteSlot: `DELETE FROM ${s}.slots WHERE namespace = $1 AND key = $2`,
 
     /** $1: namespace, $2: key, $3: max. Keeps the running count. */
     setSlotMax: `INSERT INTO ${s}.slots (namespace, key, max, running) VALUES ($1, $2, $3, 0)

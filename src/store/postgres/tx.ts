@@ -46,8 +46,6 @@ export class PostgresTx implements StoreTx {
    * it finds the other transaction's task (as if the two had run one after the other).
    */
   lostKeyRace = false;
-  /** Per namespace, the slot keys getSlots returned (and locked) in this transaction. */
-  private readonly slotKeys = new Map<string, string[]>();
   /** Row addresses of the claim candidates this transaction holds locked, by id. */
   private readonly candidateTids = new Map<string, string>();
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
@@ -210,7 +208,6 @@ export class PostgresTx implements StoreTx {
       q.type,
       q.now,
       q.limit,
-      this.slotKeys.get(q.namespace) ?? null,
       q.excludeKeys,
     ]);
     for (const r of rows) {
@@ -322,17 +319,29 @@ export class PostgresTx implements StoreTx {
     await this.query(this.ctx.q.putStep, [jobId, taskId, name, value]);
   }
 
-  async getSlots(namespace: string): Promise<SlotRow[]> {
-    const rows = await this.rows<SlotRow>(this.ctx.q.getSlots, [namespace]);
-    this.slotKeys.set(
-      namespace,
-      rows.map((r) => r.key),
-    );
-    return rows;
+  async getSlots(namespace: string, keys: string[]): Promise<SlotRow[]> {
+    if (!keys.length) return [];
+    return this.rows<SlotRow>(this.ctx.q.getSlots, [namespace, keys]);
   }
 
-  async setSlotMax(namespace: string, key: string, max: number): Promise<void> {
-    await this.query(this.ctx.q.setSlotMax, [namespace, key, max]);
+  async fullKeySlots(namespace: string): Promise<{ any: boolean; full: string[] }> {
+    const [r] = await this.rows<{ any: boolean; full: string[] }>(this.ctx.q.fullKeySlots, [namespace]);
+    return { any: r?.any ?? false, full: r?.full ?? [] };
+  }
+
+  async dropUnusedKeySlots(limit: number): Promise<number> {
+    const locked = await this.rows<{ namespace: string; key: string }>(this.ctx.q.unusedKeySlots, [limit]);
+    if (!locked.length) return 0;
+    const r = await this.query(this.ctx.q.dropKeySlots, [
+      locked.map((l) => l.namespace),
+      locked.map((l) => l.key),
+    ]);
+    return r.rowCount ?? 0;
+  }
+
+  async setSlotMax(namespace: string, key: string, max: number | null): Promise<void> {
+    if (max === null) await this.query(this.ctx.q.deleteSlot, [namespace, key]);
+    else await this.query(this.ctx.q.setSlotMax, [namespace, key, max]);
   }
 
   async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
