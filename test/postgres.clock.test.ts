@@ -53,4 +53,35 @@ describe('postgres: one clock, the database’s', () => {
     const [n] = await a.engine.claim(a.namespace, ['now'], 1);
     expect(n?.row.id).toBe(now.rootTaskId);
   });
+
+  it('times outside transactions are converted: a worker sleeps until the right moment, purge keeps recent jobs, presence holds', async () => {
+    const url = schemas.freshUrl('clock');
+    const a = await open({ database: url });
+    opened.push(a);
+    const b = await open({ database: url }); // on a machine ten minutes ahead
+    opened.push(b);
+    const ahead = 10 * 60_000;
+
+    // A worker of B sleeps until a task's run time on its own clock: a minute from now.
+    await a.submit('later', null, { delayMs: 60_000 });
+    const next = await skewed(
+      ahead,
+      async () => (await b.engine.nextRunAt(b.namespace, ['later']))! - Date.now(),
+    );
+    expect(next).toBeGreaterThan(50_000);
+    expect(next).toBeLessThanOrEqual(60_000);
+
+    // Purge of jobs settled more than five minutes ago, on B: a job settled just now stays.
+    const job = await a.submit('done', null);
+    const [c] = await a.engine.claim(a.namespace, ['done'], 1);
+    await a.engine.complete([{ id: c!.row.id, token: c!.token, result: 1 }]);
+    expect((await a.getJob(job.id)).state).toBe('succeeded');
+    expect(await skewed(ahead, () => b.purge({ olderThanMs: 5 * 60_000 }))).toBe(0);
+    expect((await a.getJob(job.id)).state).toBe('succeeded');
+
+    // A worker of a machine ten minutes behind is seen as alive.
+    b.handle('served', () => null);
+    await skewed(-ahead, () => b.start());
+    expect(await a.store.liveTypes(a.namespace, Date.now() - 15_000)).toEqual(['served']);
+  });
 });

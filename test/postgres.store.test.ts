@@ -236,7 +236,7 @@ describe('postgres store: races between processes', () => {
     expect(runs).toBe(2);
   });
 
-  it('a transaction chosen as a deadlock victim runs again', async () => {
+  it('a transaction chosen as a deadlock victim (or whose lock wait timed out) runs again', async () => {
     const [a, b] = await twoStores();
     const { more } = await seed(a, (jobId, rootId) => [
       taskRow({ job_id: jobId, parent_id: rootId, spawn_key: 'x' }),
@@ -261,7 +261,8 @@ describe('postgres store: races between processes', () => {
         await tx.updateTasks([{ id: theirs.id, attempt: 1 }]);
       });
     await Promise.all([crosswise(a, x, y, 'a', 'b'), crosswise(b, y, x, 'b', 'a')]);
-    expect(runs).toBe(3);
+    // One of them runs again (3 runs), or both, when both lock waits time out (lock_timeout) at once.
+    expect(runs).toBeGreaterThanOrEqual(3);
     expect(await a.getTask(x.id)).toMatchObject({ priority: 1, attempt: 1 });
     expect(await a.getTask(y.id)).toMatchObject({ priority: 1, attempt: 1 });
   });

@@ -102,6 +102,7 @@ describe('postgres: submit and spawn inside the caller’s transaction', () => {
     const pool = new pg.Pool({ connectionString: schemas.url, max: 2 });
     opened.push({ close: () => pool.end() });
     const refused: unknown[] = [];
+    let stepRan = false;
     const holding = deferred();
     const go = deferred();
     dt.handle('order', async (ctx) => {
@@ -114,7 +115,11 @@ describe('postgres: submit and spawn inside the caller’s transaction', () => {
         // the caller, who waits for them (before: the whole process hung here).
         for (const call of <Array<() => Promise<unknown>>>[
           () => ctx.progress(0.5),
-          () => ctx.step('s', () => 1),
+          () =>
+            ctx.step('s', () => {
+              stepRan = true; // refused before its function runs
+              return 1;
+            }),
           () => ctx.spawn('line', 'b', { key: 'b' }),
         ])
           refused.push(await within(call(), 5000, 'the ctx call to return').catch((e) => e));
@@ -136,6 +141,7 @@ describe('postgres: submit and spawn inside the caller’s transaction', () => {
     const job = await dt.submit('order', null);
     await within(holding.promise, 10_000, 'the handler to hold its transaction open');
     expect(refused).toHaveLength(3);
+    expect(stepRan).toBe(false);
     for (const e of refused) {
       expect(e).toBeInstanceOf(ConflictError);
       expect((e as Error).message).toMatch(/options\.transaction.*has not committed/);

@@ -926,6 +926,8 @@ export class Engine {
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
+    // Refused before the step's function runs, not only when its value is stored.
+    this.store.assertNotHeldByCaller?.(taskId);
     const v = await this.store.getStep(jobId, taskId, name);
     if (v === undefined) return { found: false, value: undefined };
     // Stored as a one-element array, or an empty one for `undefined`, which JSON cannot hold.

@@ -316,7 +316,11 @@ export interface TaskPage {
   next: string | null;
 }
 
-/** A store: transactions plus read-only queries. */
+/**
+ * A store: transactions plus read-only queries. Times passed to and returned by the queries
+ * outside transactions (touchWorker, liveTypes, purgeJobs, nextRunAt) are on this process's
+ * clock; a store whose transactions take the database's clock (StoreTx.now) converts them.
+ */
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
   /**
@@ -345,6 +349,8 @@ export interface Store {
   nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** A memoised step's stored value (JSON), if any. */
   getStep(jobId: string, taskId: string, name: string): Promise<string | undefined>;
+  /** As StoreTx.assertNotHeldByCaller, outside a transaction: before a step's function runs. */
+  assertNotHeldByCaller?(taskId: string): void;
   /** Queued task counts by type. */
   queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>>;
   /**

@@ -36,9 +36,9 @@ import type {
   TaskRow,
   TypeConfigRow,
 } from '../store.js';
-import { listJobsSql, queries } from './queries.js';
+import { DB_NOW_MS, listJobsSql, queries } from './queries.js';
 import { ReadyListener, readyChannel } from './ready.js';
-import { PostgresTx, type TxContext } from './tx.js';
+import { callerHoldsError, PostgresTx, type TxContext } from './tx.js';
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
@@ -117,7 +117,7 @@ const LOCK_WAIT_FOR_MS = 60_000;
 const LOCK_NOT_AVAILABLE = '55P03';
 
 /** The database's clock in ms: every time a transaction stamps or compares (leases, run_at). */
-const DB_NOW = 'SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now';
+const DB_NOW = `SELECT ${DB_NOW_MS} AS now`;
 
 /** Connection errors are retried with a doubling delay from the first to the last, for this long in all. */
 const RECONNECT_FIRST_MS = 50;
@@ -266,6 +266,11 @@ export class PostgresStore implements Store {
    * for the caller, who waits for the call: it is refused instead (assertNotHeldByCaller).
    */
   private readonly callerLocks = new Map<string, pg.ClientBase>();
+
+  /** Refuses a call about a task an open transaction of the caller holds (see PostgresTx.assertNotHeldByCaller). */
+  assertNotHeldByCaller(taskId: string): void {
+    if (this.callerHolding(taskId)) throw callerHoldsError(taskId);
+  }
 
   /** The caller's client holding a task's row, if its transaction is still open. */
   private callerHolding(taskId: string): pg.ClientBase | undefined {
@@ -446,7 +451,9 @@ export class PostgresStore implements Store {
 
   async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
     if (!types.length) return null;
-    return (await this.rows<{ t: number | null }>(this.ctx.q.nextRunAt, [namespace, types]))[0]?.t ?? null;
+    const [r] = await this.rows<{ t: number | null; now: number }>(this.ctx.q.nextRunAt, [namespace, types]);
+    // On this process's clock: the worker sleeps until then.
+    return r?.t == null ? null : r.t - r.now + Date.now();
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<string | undefined> {
@@ -462,7 +469,7 @@ export class PostgresStore implements Store {
   }
 
   async touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void> {
-    await this.query(this.ctx.q.touchWorker, [id, namespace, types, now]);
+    await this.query(this.ctx.q.touchWorker, [id, namespace, types, Date.now() - now]);
   }
 
   async removeWorker(id: string): Promise<void> {
@@ -470,12 +477,12 @@ export class PostgresStore implements Store {
   }
 
   async liveTypes(namespace: string, since: number): Promise<string[]> {
-    const rows = await this.rows<{ type: string }>(this.ctx.q.liveTypes, [namespace, since]);
+    const rows = await this.rows<{ type: string }>(this.ctx.q.liveTypes, [namespace, Date.now() - since]);
     return rows.map((r) => r.type).sort();
   }
 
   async purgeJobs(namespace: string, before: number, limit: number): Promise<number> {
-    return (await this.query(this.ctx.q.purgeJobs, [namespace, before, limit])).rowCount ?? 0;
+    return (await this.query(this.ctx.q.purgeJobs, [namespace, Date.now() - before, limit])).rowCount ?? 0;
   }
 
   /**

@@ -21,6 +21,13 @@ import {
 
 const SETTLED = `('succeeded', 'failed', 'cancelled', 'skipped')`;
 
+/**
+ * The database's clock in ms. The queries outside transactions take times on the caller's
+ * clock as ages (now minus the time) and apply them to this, so that processes whose clocks
+ * differ agree with each other and with the rows' times, which are all the database's.
+ */
+export const DB_NOW_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::int8';
+
 /** A parent's job id, so that lookups of its children use the job-first keys. */
 const jobOfTask = (s: string, param: string) => `(SELECT job_id FROM ${s}.tasks WHERE id = ${param} LIMIT 1)`;
 
@@ -194,8 +201,8 @@ export function queries(s: string) {
     /** $1: job id, $2: after this id ('' for the first page), $3: limit. */
     taskPage: `SELECT * FROM ${s}.tasks WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
 
-    /** $1: namespace, $2: types. */
-    nextRunAt: `SELECT min(run_at) AS t FROM ${s}.tasks
+    /** $1: namespace, $2: types. With the database's time, to convert to the caller's clock. */
+    nextRunAt: `SELECT min(run_at) AS t, ${DB_NOW_MS} AS now FROM ${s}.tasks
       WHERE namespace = $1 AND type = ANY($2::text[]) AND state = 'queued'`,
 
     /** $1: namespace. */
@@ -292,25 +299,26 @@ export function queries(s: string) {
     /** $1: namespace. */
     typeConfigs: `SELECT * FROM ${s}.type_configs WHERE namespace = $1`,
 
-    /** $1: id, $2: namespace, $3: types, $4: now. */
-    touchWorker: `INSERT INTO ${s}.workers (id, namespace, types, last_seen) VALUES ($1, $2, $3, $4)
+    /** $1: id, $2: namespace, $3: types, $4: how long ago it was seen (ms). */
+    touchWorker: `INSERT INTO ${s}.workers (id, namespace, types, last_seen) VALUES ($1, $2, $3, ${DB_NOW_MS} - $4::bigint)
       ON CONFLICT (id) DO UPDATE SET types = excluded.types, last_seen = excluded.last_seen`,
 
     /** $1: id. */
     removeWorker: `DELETE FROM ${s}.workers WHERE id = $1`,
 
-    /** $1: namespace, $2: seen since. */
-    liveTypes: `SELECT DISTINCT unnest(types) AS type FROM ${s}.workers WHERE namespace = $1 AND last_seen >= $2`,
+    /** $1: namespace, $2: seen within this many ms. */
+    liveTypes: `SELECT DISTINCT unnest(types) AS type FROM ${s}.workers
+      WHERE namespace = $1 AND last_seen >= ${DB_NOW_MS} - $2::bigint`,
 
     // ------------------------------------------------------------------ retention
 
     /**
-     * $1: namespace, $2: settled before, $3: limit. Deletes up to $3 settled jobs with all their
+     * $1: namespace, $2: settled more than this many ms ago, $3: limit. Deletes up to $3 settled jobs with all their
      * rows, in one statement; returns the jobs deleted.
      */
     purgeJobs: `WITH doomed AS (
         SELECT id FROM ${s}.jobs
-        WHERE settled_at IS NOT NULL AND settled_at < $2 AND namespace = $1
+        WHERE settled_at IS NOT NULL AND settled_at < ${DB_NOW_MS} - $2::bigint AND namespace = $1
         ORDER BY settled_at
         LIMIT $3
         FOR UPDATE SKIP LOCKED

@@ -73,10 +73,7 @@ export class PostgresTx implements StoreTx {
    */
   assertNotHeldByCaller(taskId: string): void {
     const holder = this.callers.holding(taskId);
-    if (holder && holder !== this.callers.holder)
-      throw new ConflictError(
-        `task ${taskId} is locked by the transaction passed as options.transaction (to ctx.spawn or submit), which has not committed: commit or roll it back before other calls about this task (ctx.step, ctx.progress, ctx.spawn without it, ctx.waitAll), or pass it to ctx.spawn again`,
-      );
+    if (holder && holder !== this.callers.holder) throw callerHoldsError(taskId);
   }
 
   private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
@@ -395,4 +392,11 @@ export class PostgresTx implements StoreTx {
       list.map((r) => r.concurrency),
     ]);
   }
+}
+
+/** The refusal of a call that would wait for a caller's own open transaction. */
+export function callerHoldsError(taskId: string): ConflictError {
+  return new ConflictError(
+    `task ${taskId} is locked by the transaction passed as options.transaction (to ctx.spawn), which has not committed: commit or roll it back before other calls about this task (ctx.step, ctx.progress, ctx.spawn without it, ctx.waitAll), or pass it to ctx.spawn again`,
+  );
 }
