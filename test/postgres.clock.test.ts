@@ -54,6 +54,19 @@ describe('postgres: one clock, the database’s', () => {
     expect(n?.row.id).toBe(now.rootTaskId);
   });
 
+  it('a worker whose clock runs ahead times its handlers from their start, not from the database’s time', async () => {
+    const url = schemas.freshUrl('clock');
+    const real = Date.now.bind(Date);
+    vi.spyOn(Date, 'now').mockImplementation(() => real() + 10 * 60_000); // this whole process
+    const dt = await open({ database: url });
+    opened.push(dt);
+    dt.handle('slow', () => new Promise((r) => setTimeout(() => r('done'), 50)), { timeoutMs: 5000 });
+    await dt.start();
+    const job = await dt.submit('slow', null);
+    expect(await job.result()).toBe('done');
+    expect((await dt.getTask(job.rootTaskId)).attempts).toEqual([]);
+  });
+
   it('times outside transactions are converted: a worker sleeps until the right moment, purge keeps recent jobs, presence holds', async () => {
     const url = schemas.freshUrl('clock');
     const a = await open({ database: url });
