@@ -8,9 +8,10 @@
  *
  * One store runs its transactions one at a time, as the SQLite store does; concurrency comes
  * from more processes (or more stores). The engine stamps a transaction's writes and events
- * with the time it began, so two overlapping transactions of one process that commit in the
- * other order would record a parent settling before its child, and deliver events out of
- * time order. Queries outside transactions (getJob, getTask, ...) use the other connections.
+ * with the time it began (the database's clock, read with BEGIN), so two overlapping
+ * transactions of one process that commit in the other order would record a parent settling
+ * before its child, and deliver events out of time order. A transaction that would wait long
+ * for a row lock gives up its turn instead (see LOCK_TIMEOUT_FIRST_MS). Queries outside transactions (getJob, getTask, ...) use the other connections.
  * A transaction that deadlocks anyway (two batches updating rows in different orders) is
  * rolled back by Postgres and run again here, and so is one that lost a race for a spawn or
  * dedup key (see PostgresTx.lostKeyRace): the engine's operations only touch the store inside
