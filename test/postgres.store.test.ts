@@ -188,13 +188,13 @@ describe('postgres store: races between processes', () => {
     expect((await subtree).map((r) => r.id).sort()).toEqual([root.id, parent.id, child.id].sort());
   });
 
-  it('a claim passes over tasks whose concurrency slot appeared after it read the slots', async () => {
+  it('a claim reads the slot of a key whose task appeared after it began, locked, after choosing its candidates', async () => {
     const [a, b] = await twoStores();
     const { job, root } = await seed(a, (jobId, rootId) => [
       taskRow({ job_id: jobId, parent_id: rootId, spawn_key: 'plain' }),
     ]);
-    const claimed = await a.transaction(async (tx) => {
-      expect(await tx.getSlots('default')).toEqual([]);
+    const seen = await a.transaction(async (tx) => {
+      expect(await tx.fullKeySlots('default')).toEqual({ any: false, full: [] });
       // Another process spawns a task limited by a key, with its slot, and commits.
       await b.transaction(async (tb) => {
         await tb.setSlotMax('default', 'key:host', 1);
@@ -203,10 +203,14 @@ describe('postgres store: races between processes', () => {
         ]);
       });
       const q = { namespace: 'default', type: 'work', now: Date.now(), limit: 10, excludeKeys: [] };
-      return tx.claimCandidates({ ...q, withKeys: false });
+      const candidates = await tx.claimCandidates({ ...q, withKeys: false });
+      const keys = candidates.flatMap((c) => (c.concurrency_key ? [c.concurrency_key] : []));
+      return { candidates, slots: await tx.getSlots('default', keys) };
     });
-    // The engine saw no key slots: claiming the keyed task would take no slot and break its limit.
-    expect(claimed.map((c) => c.concurrency_key)).toEqual([null]);
+    // The keyed task is a candidate, and its slot is read (and locked) with it: the engine
+    // takes a slot for it, so its limit holds.
+    expect(seen.candidates.map((c) => c.concurrency_key).sort()).toEqual(['key:host', null].sort());
+    expect(seen.slots).toEqual([{ namespace: 'default', key: 'key:host', max: 1, running: 0 }]);
   });
 
   it('a spawn that loses a race for a dedup key runs again and returns the winner', async () => {
@@ -236,7 +240,7 @@ describe('postgres store: races between processes', () => {
     expect(runs).toBe(2);
   });
 
-  it('a transaction chosen as a deadlock victim runs again', async () => {
+  it('a transaction chosen as a deadlock victim (or whose lock wait timed out) runs again', async () => {
     const [a, b] = await twoStores();
     const { more } = await seed(a, (jobId, rootId) => [
       taskRow({ job_id: jobId, parent_id: rootId, spawn_key: 'x' }),
@@ -261,7 +265,8 @@ describe('postgres store: races between processes', () => {
         await tx.updateTasks([{ id: theirs.id, attempt: 1 }]);
       });
     await Promise.all([crosswise(a, x, y, 'a', 'b'), crosswise(b, y, x, 'b', 'a')]);
-    expect(runs).toBe(3);
+    // One of them runs again (3 runs), or both, when both lock waits time out (lock_timeout) at once.
+    expect(runs).toBeGreaterThanOrEqual(3);
     expect(await a.getTask(x.id)).toMatchObject({ priority: 1, attempt: 1 });
     expect(await a.getTask(y.id)).toMatchObject({ priority: 1, attempt: 1 });
   });

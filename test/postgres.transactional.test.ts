@@ -5,8 +5,8 @@
  */
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { type Dynatask, NotFoundError, open, ValidationError } from '../src/index.js';
-import { deferred, settled, untilState, within } from './conformance/harness.js';
+import { ConflictError, type Dynatask, NotFoundError, open, ValidationError } from '../src/index.js';
+import { deferred, settled, sleep, untilState, within } from './conformance/harness.js';
 import { Schemas, withSchema } from './postgres/server.js';
 
 const schemas = new Schemas();
@@ -18,9 +18,9 @@ afterEach(async () => {
 });
 
 /** An instance on a fresh schema, a client of the application's own, and its orders table. */
-async function setup(): Promise<{ dt: Dynatask; app: pg.Client; schema: string }> {
+async function setup(leaseMs?: number): Promise<{ dt: Dynatask; app: pg.Client; schema: string }> {
   const schema = schemas.fresh('txn');
-  const dt = await open({ database: withSchema(schemas.url, schema) });
+  const dt = await open({ database: withSchema(schemas.url, schema), ...(leaseMs ? { leaseMs } : {}) });
   opened.push(dt);
   const app = new pg.Client({ connectionString: schemas.url });
   await app.connect();
@@ -148,6 +148,91 @@ describe('postgres: submit and spawn inside the caller’s transaction', () => {
       ['#1', 'label'],
       ['#2', 'gate'],
     ]);
+  });
+
+  it('a ctx call made while the handler’s own transaction holds the task is refused at once; other work goes on', async () => {
+    const { dt, schema } = await setup();
+    const pool = new pg.Pool({ connectionString: schemas.url, max: 2 });
+    opened.push({ close: () => pool.end() });
+    const refused: unknown[] = [];
+    let stepRan = false;
+    const holding = deferred();
+    const go = deferred();
+    dt.handle('order', async (ctx) => {
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query(`INSERT INTO "${schema}".orders VALUES (1, $1)`, [ctx.task.jobId]);
+        await ctx.spawn('line', 'a', { transaction: client, key: 'a' });
+        // The spawn locked this task's row in the caller's transaction: these would wait for
+        // the caller, who waits for them (before: the whole process hung here).
+        for (const call of <Array<() => Promise<unknown>>>[
+          () => ctx.progress(0.5),
+          () =>
+            ctx.step('s', () => {
+              stepRan = true; // refused before its function runs
+              return 1;
+            }),
+          () => ctx.spawn('line', 'b', { key: 'b' }),
+        ])
+          refused.push(await within(call(), 5000, 'the ctx call to return').catch((e) => e));
+        holding.resolve();
+        await go.promise;
+        await client.query('COMMIT');
+      } catch (e) {
+        await client.query('ROLLBACK');
+        throw e;
+      } finally {
+        client.release();
+      }
+      await ctx.progress(1); // committed: the task is free again
+      return 'ok';
+    });
+    dt.handle('line', (ctx) => ctx.task.payload);
+    dt.handle('other', () => 'done');
+    await dt.start();
+    const job = await dt.submit('order', null);
+    await within(holding.promise, 10_000, 'the handler to hold its transaction open');
+    expect(refused).toHaveLength(3);
+    expect(stepRan).toBe(false);
+    for (const e of refused) {
+      expect(e).toBeInstanceOf(ConflictError);
+      expect((e as Error).message).toMatch(/options\.transaction.*has not committed/);
+    }
+    // Unrelated work of the process does not wait for the open transaction.
+    expect((await settled(dt, await dt.submit('other', null), 10_000)).state).toBe('succeeded');
+    go.resolve();
+    const info = await settled(dt, job, 10_000);
+    expect(info).toMatchObject({ state: 'succeeded', total: 2 });
+  });
+
+  it('a task row locked by someone else’s transaction stalls nothing else of the process', async () => {
+    // Heartbeats every 200 ms: each one needs the locked row of the running task.
+    const { dt, app, schema } = await setup(600);
+    const running = deferred();
+    const release = deferred();
+    dt.handle('held', async () => {
+      running.resolve();
+      await release.promise;
+      return 'held';
+    });
+    dt.handle('other', () => 'done');
+    await dt.start();
+    const held = await dt.submit('held', null);
+    await within(running.promise, 10_000, 'the held task to run');
+    await app.query('BEGIN');
+    await app.query(`SELECT id FROM "${schema}".tasks WHERE id = $1 FOR UPDATE`, [held.rootTaskId]);
+    try {
+      // Before: the heartbeat waited for the row inside the store's one-at-a-time order, and
+      // every other operation of the process waited behind it.
+      await sleep(300); // let a heartbeat start waiting for the row
+      for (let i = 0; i < 3; i++)
+        expect((await settled(dt, await dt.submit('other', i), 5000)).state).toBe('succeeded');
+    } finally {
+      await app.query('ROLLBACK');
+    }
+    release.resolve();
+    expect((await settled(dt, held, 10_000)).state).toBe('succeeded');
   });
 
   it('one call may not mix transactions, and a non-client is refused before anything is written', async () => {

@@ -182,7 +182,8 @@ export class Engine {
     await this.run(async (tx) => {
       await tx.upsertTypeConfigs(rows);
       for (const r of rows) {
-        if (r.concurrency !== null) await tx.setSlotMax(r.namespace, typeSlot(r.type), r.concurrency);
+        // The last registration holds: one without a limit removes the type's limit.
+        await tx.setSlotMax(r.namespace, typeSlot(r.type), r.concurrency);
         this.typeConfigs.set(`${r.namespace}\0${r.type}`, r);
       }
     });
@@ -196,6 +197,26 @@ export class Engine {
 
   private typeConfig(namespace: string, type: string): TypeConfigRow | undefined {
     return this.typeConfigs.get(`${namespace}\0${type}`);
+  }
+
+  /**
+   * The type settings in force in the database for these tasks' types (keyed namespace NUL
+   * type), read in the transaction: retry decisions must not use this process's copy, which
+   * misses types registered by other processes, and namespaces it never served (the sweeper
+   * fails expired leases of every namespace). Only types some task takes a default from.
+   */
+  private async typeConfigsIn(
+    tx: StoreTx,
+    rows: Array<Pick<TaskCore, 'namespace' | 'type' | 'max_attempts' | 'backoff_ms' | 'max_backoff_ms'>>,
+  ): Promise<Map<string, TypeConfigRow>> {
+    const keys = new Map<string, { namespace: string; type: string }>();
+    for (const r of rows)
+      if (r.max_attempts === null || r.backoff_ms === null || r.max_backoff_ms === null)
+        keys.set(`${r.namespace}\0${r.type}`, { namespace: r.namespace, type: r.type });
+    if (!keys.size) return new Map();
+    return new Map(
+      (await tx.getTypeConfigs([...keys.values()])).map((c) => [`${c.namespace}\0${c.type}`, c]),
+    );
   }
 
   // ---------------------------------------------------------------- creating tasks
@@ -464,15 +485,14 @@ export class Engine {
         return rows.map((row) => ({ row, token: row.run_token }));
       }
     }
-    const slots = await tx.getSlots(namespace);
+    // Only the slots this claim may take: its types' limits, locked now, and below the slots
+    // of its candidates' keys; of the other keys, only the full ones (their tasks are passed over).
+    const typeSlots = await tx.getSlots(namespace, types.map(typeSlot));
+    const { any: withKeys, full: fullKeys } = await tx.fullKeySlots(namespace);
     // A namespace with limits skips the one-statement claim for a while: it would claim nothing.
-    if (tx.claimReady && slots.length) this.limitedUntil.set(namespace, b.now + 5000);
+    if (tx.claimReady && (typeSlots.length || withKeys)) this.limitedUntil.set(namespace, b.now + 5000);
     const free = new Map<string, number>();
-    for (const s of slots) free.set(s.key, s.max - s.running);
-    const withKeys = slots.some((s) => s.key.startsWith('key:'));
-    const fullKeys = withKeys
-      ? slots.filter((s) => s.running >= s.max && s.key.startsWith('key:')).map((s) => s.key)
-      : [];
+    for (const s of typeSlots) free.set(s.key, s.max - s.running);
     let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
     for (const type of types) {
       const want = Math.min(limit, free.get(typeSlot(type)) ?? limit);
@@ -489,6 +509,11 @@ export class Engine {
     }
     if (types.length > 1)
       candidates.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+    const keys = [
+      ...new Set(candidates.flatMap((c) => (c.concurrency_key !== null ? [c.concurrency_key] : []))),
+    ];
+    // Read fresh under lock: a key's slot may have filled since fullKeySlots looked.
+    for (const s of await tx.getSlots(namespace, keys)) free.set(s.key, s.max - s.running);
     // Choose within the free slots of each type and key; the rest stay queued.
     const ids: string[] = [];
     const slotsHeld: Record<string, number> = {};
@@ -502,8 +527,10 @@ export class Engine {
         held |= SLOT_TYPE;
       }
       const kFree = c.concurrency_key !== null ? free.get(c.concurrency_key) : undefined;
-      if (kFree !== undefined) {
-        if (kFree <= 0) continue;
+      if (c.concurrency_key !== null) {
+        // No slot: it was just deleted as unused, and the spawn of this task makes it again;
+        // the task waits for the next claim rather than run without its limit.
+        if (kFree === undefined || kFree <= 0) continue;
         held |= SLOT_KEY;
       }
       if (held & SLOT_TYPE) {
@@ -547,6 +574,7 @@ export class Engine {
   }
 
   private async getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskCore> {
+    tx.assertNotHeldByCaller?.(ref.id); // a ctx call while the handler's own transaction holds the task
     const [row] = await tx.getTasks([ref.id]);
     if (!row) throw new NotFoundError(`task ${ref.id} not found`);
     if (row.state !== 'running' || row.run_token !== ref.token)
@@ -703,7 +731,11 @@ export class Engine {
     return ok;
   }
 
-  private async failAttempts(tx: StoreTx, b: Batch, failing: Array<{ row: TaskCore; error: TaskError }>) {
+  private async failAttempts(
+    tx: StoreTx,
+    b: Batch,
+    failing: Array<{ row: TaskCore; error: TaskError; lost?: boolean }>,
+  ) {
     await tx.insertAttempts(
       failing.map(({ row, error }) => ({
         job_id: row.job_id,
@@ -714,10 +746,14 @@ export class Engine {
         error: errorJson(error),
       })),
     );
-    const retries: Array<{ row: TaskCore; error: TaskError }> = [];
-    const permanent: Array<{ row: TaskCore; error: TaskError }> = [];
+    const retries: typeof failing = [];
+    const permanent: typeof failing = [];
+    const cfgs = await this.typeConfigsIn(
+      tx,
+      failing.map((f) => f.row),
+    );
     for (const f of failing) {
-      const cfg = this.typeConfig(f.row.namespace, f.row.type);
+      const cfg = cfgs.get(`${f.row.namespace}\0${f.row.type}`);
       const maxAttempts = f.row.max_attempts ?? cfg?.max_attempts ?? DEFAULTS.maxAttempts;
       // The budget counts from the last retryTask, which gives a fresh one.
       const used = f.row.attempt - f.row.attempt_base;
@@ -731,10 +767,10 @@ export class Engine {
       await terminate(tx, b, row, 'failed', error);
     }
     const patches: TaskPatch[] = [];
-    for (const { row, error } of retries) {
+    for (const { row, error, lost } of retries) {
       if (b.terminated.has(row.id)) continue;
       releaseSlots(b, row);
-      const cfg = this.typeConfig(row.namespace, row.type);
+      const cfg = cfgs.get(`${row.namespace}\0${row.type}`);
       const base = row.backoff_ms ?? cfg?.backoff_ms ?? DEFAULTS.backoffMs;
       const cap = row.max_backoff_ms ?? cfg?.max_backoff_ms ?? DEFAULTS.maxBackoffMs;
       const exp = Math.min(cap, base * 2 ** (row.attempt - row.attempt_base - 1));
@@ -744,7 +780,9 @@ export class Engine {
         id: row.id,
         state: 'queued',
         attempt: row.attempt + 1,
-        run_at: b.now + delay,
+        // A task whose worker vanished did nothing wrong: it keeps its place in the queue (its
+        // run_at, unchanged while it ran), instead of going behind all that was queued meanwhile.
+        run_at: lost ? Math.min(row.run_at, b.now) : b.now + delay,
         lease_expires_at: null,
         wait_mode: 0,
         error: errorJson(error),
@@ -787,11 +825,17 @@ export class Engine {
   /** Renews the leases of running attempts; reports, per item, `ok`, `cancelled` or `lost`. */
   async heartbeat(items: AttemptRef[], leaseMs = this.leaseMs): Promise<Array<'ok' | 'cancelled' | 'lost'>> {
     return this.run(async (tx, b) => {
-      const rows = new Map((await tx.getTasks(items.map((i) => i.id))).map((r) => [r.id, r]));
+      // A row another transaction holds is passed over, not waited for: a heartbeat of many
+      // tasks must not wait for a caller's transaction holding one (options.transaction).
+      const ids = items.map((i) => i.id);
+      const rows = new Map((await tx.getTasks(ids, { skipLocked: true })).map((r) => [r.id, r]));
+      const missing = ids.filter((id) => !rows.has(id));
+      // Passed over, not gone: not renewed this time (the sweeper passes over it too).
+      const busy = new Set(missing.length ? (await tx.outcomes(missing)).map((r) => r.id) : []);
       const patches: TaskPatch[] = [];
       const out = items.map((item) => {
         const r = rows.get(item.id);
-        if (!r) return 'lost' as const;
+        if (!r) return busy.has(item.id) ? ('ok' as const) : ('lost' as const);
         if (r.state === 'running' && r.run_token === item.token) {
           patches.push({
             id: r.id,
@@ -809,12 +853,16 @@ export class Engine {
   /** Fails the attempts whose lease expired (crashed or stalled workers); returns how many. */
   async expireLeases(limit = 1000): Promise<number> {
     return this.run(async (tx, b) => {
+      // The sweeper also deletes the slots of keys no task carries any longer, so that the
+      // slots a claim reads stay few, whatever the number of keys ever used.
+      await tx.dropUnusedKeySlots(limit);
       const rows = await tx.expiredLeases(b.now, limit);
       await this.failAttempts(
         tx,
         b,
         rows.map((row) => ({
           row,
+          lost: true,
           error: {
             name: 'LeaseExpired',
             message: `attempt ${row.attempt} lost its lease: the worker crashed, stalled or timed out`,
@@ -908,6 +956,8 @@ export class Engine {
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<{ found: boolean; value: unknown }> {
+    // Refused before the step's function runs, not only when its value is stored.
+    this.store.assertNotHeldByCaller?.(taskId);
     const v = await this.store.getStep(jobId, taskId, name);
     if (v === undefined) return { found: false, value: undefined };
     // Stored as a one-element array, or an empty one for `undefined`, which JSON cannot hold.

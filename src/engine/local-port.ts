@@ -32,7 +32,9 @@ function portTask(row: ClaimRow, token: number): PortTask {
     token,
     payload: parseJson(row.payload),
     timeoutMs: row.timeout_ms,
-    startedAt: row.started_at ?? Date.now(),
+    // The claim started it just now. On this process's clock, which the worker's timeout timer
+    // reads: the row's time is the store's (on PostgreSQL, the database's clock).
+    startedAt: Date.now(),
   };
 }
 

@@ -8,8 +8,8 @@ import type { ClaimedTaskView } from './views.js';
 import type { Wakeups } from './wakeups.js';
 
 /**
- * Per-type settings of the namespaces this server has served. The engine decides retries from
- * its own copy (loadTypeConfigs); this copy gives claimed tasks their type's timeout. Both are
+ * Per-type settings of the namespaces this server has served. This copy gives claimed tasks
+ * their type's timeout (the engine decides retries from the database's settings). It is
  * reloaded now and then, since workers of other processes register types too.
  */
 export class TypeSettings {

@@ -161,7 +161,7 @@ export interface ClaimQuery {
   limit: number;
   /** Concurrency keys that are full: tasks carrying them are not candidates. */
   excludeKeys: string[];
-  /** False when no concurrency key has a limit: candidates need not carry their key. */
+  /** False when the namespace has no key slots: candidates need not carry their key. */
   withKeys: boolean;
 }
 
@@ -224,8 +224,18 @@ export interface StoreTx {
    * (StaleAttemptError); the store then runs the whole operation again.
    */
   insertTasks(rows: TaskRow[]): Promise<Set<string>>;
-  /** Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock). */
-  getTasks(ids: string[]): Promise<TaskCore[]>;
+  /**
+   * Throws ConflictError when an open transaction of the caller (`options.transaction`) in
+   * this process holds the task's row, and this is not that transaction: waiting for the row
+   * would wait for the caller, who is waiting for this call. Optional: only stores that join
+   * callers' transactions (PostgreSQL) have it.
+   */
+  assertNotHeldByCaller?(taskId: string): void;
+  /**
+   * Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock).
+   * `skipLocked`: leaves out, without waiting, rows another transaction holds.
+   */
+  getTasks(ids: string[], opts?: { skipLocked?: boolean }): Promise<TaskCore[]>;
   updateTasks(patches: TaskPatch[]): Promise<void>;
   findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]>;
   findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]>;
@@ -269,12 +279,31 @@ export interface StoreTx {
   dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]>;
   insertAttempts(rows: AttemptRow[]): Promise<void>;
   putStep(jobId: string, taskId: string, name: string, value: string): Promise<void>;
-  /** The namespace's concurrency slots, locked: a claim reads the free ones and takes some. */
-  getSlots(namespace: string): Promise<SlotRow[]>;
-  /** Upserts a slot's maximum (keeps its running count). */
-  setSlotMax(namespace: string, key: string, max: number): Promise<void>;
+  /**
+   * These concurrency slots of the namespace (those that exist), locked, in key order: a claim
+   * reads how many are free and takes some. Only the slots of the types and keys it claims.
+   */
+  getSlots(namespace: string, keys: string[]): Promise<SlotRow[]>;
+  /**
+   * The namespace's key slots that are full (their tasks are passed over by a claim), and
+   * whether it has key slots at all. Not locked: a slot found full that frees meanwhile only
+   * waits for the next claim; one that fills meanwhile is seen when getSlots locks it.
+   */
+  fullKeySlots(namespace: string): Promise<{ any: boolean; full: string[] }>;
+  /** Upserts a slot's maximum (keeps its running count); `null` removes the slot, and so the limit. */
+  setSlotMax(namespace: string, key: string, max: number | null): Promise<void>;
   adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void>;
+  /**
+   * Deletes up to `limit` key slots, of any namespace, that no task holds and no unsettled task
+   * carries (a slot is created again with the next task that names its key). Returns how many.
+   */
+  dropUnusedKeySlots(limit: number): Promise<number>;
   upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void>;
+  /**
+   * The per-type settings in force now, as the database holds them: a retry decision reads
+   * them here, not from a process's copy, which another process's registration makes stale.
+   */
+  getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]>;
   /**
    * Tells other processes' workers, once this transaction commits (and only then), that tasks
    * of these types became ready in this namespace. Optional: a store without it (SQLite) is
@@ -295,7 +324,11 @@ export interface TaskPage {
   next: string | null;
 }
 
-/** A store: transactions plus read-only queries. */
+/**
+ * A store: transactions plus read-only queries. Times passed to and returned by the queries
+ * outside transactions (touchWorker, liveTypes, purgeJobs, nextRunAt) are on this process's
+ * clock; a store whose transactions take the database's clock (StoreTx.now) converts them.
+ */
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
   /**
@@ -324,6 +357,8 @@ export interface Store {
   nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** A memoised step's stored value (JSON), if any. */
   getStep(jobId: string, taskId: string, name: string): Promise<string | undefined>;
+  /** As StoreTx.assertNotHeldByCaller, outside a transaction: before a step's function runs. */
+  assertNotHeldByCaller?(taskId: string): void;
   /** Queued task counts by type. */
   queuedByType(namespace: string): Promise<Array<{ type: string; n: number }>>;
   /**

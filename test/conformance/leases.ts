@@ -109,6 +109,48 @@ export function leaseTests(h: Harness): void {
       expect(info.error).toMatchObject({ name: 'LeaseExpired' });
     });
 
+    it('an expired lease is retried with the type settings in the database, not the sweeping instance’s copy', async () => {
+      // `dt` opened before `peer` registered the type: its copy of the settings lacks it.
+      const dt = await h.open();
+      const peer = await h.peer(dt);
+      await peer.port.configureTypes(dt.namespace, [{ type: 'charge', maxAttempts: 1, backoffMs: 1 }]);
+      const job = await dt.submit('charge', null);
+      await claimOne(dt, 'charge', 20); // its worker dies
+      await sleep(40);
+      expect(await dt.engine.expireLeases()).toBe(1);
+      // One attempt allowed: the card is not charged twice.
+      const info = await settled(dt, job);
+      expect(info).toMatchObject({ state: 'failed', error: { name: 'LeaseExpired' } });
+      expect((await dt.getTask(job.rootTaskId)).attempts).toHaveLength(1);
+
+      // Another namespace, registered after dt opened, failed by a handler's report.
+      const other = await h.peer(dt, { namespace: 'billing' });
+      await other.port.configureTypes('billing', [{ type: 'charge', maxAttempts: 1 }]);
+      const job2 = await other.submit('charge', null);
+      const [c] = await pollUntil(async () => {
+        const got = await dt.engine.claim('billing', ['charge'], 1);
+        return got.length ? got : undefined;
+      }, 'the billing task');
+      const error = { name: 'Error', message: 'declined' };
+      expect(await dt.engine.fail([{ id: c!.row.id, token: c!.token, error }])).toEqual([true]);
+      expect(await settled(other, job2)).toMatchObject({ state: 'failed' });
+    });
+
+    it('a task whose lease expired keeps its place in the queue, ahead of tasks queued meanwhile', async () => {
+      const dt = await h.open();
+      const job = await dt.submit('batch', 'first', { backoffMs: 60_000 });
+      await claimOne(dt, 'batch', 20); // its worker dies
+      const later = await dt.submitMany([1, 2, 3].map((n) => ({ type: 'batch', payload: n })));
+      await sleep(40);
+      expect(await dt.engine.expireLeases()).toBe(1);
+      const t = await dt.getTask(job.rootTaskId);
+      expect(t).toMatchObject({ state: 'queued', attempt: 2 });
+      // Not pushed behind the three queued meanwhile, nor delayed by a backoff.
+      const [next] = await dt.engine.claim(dt.namespace, ['batch'], 1);
+      expect(next?.row.id).toBe(job.rootTaskId);
+      expect(later).toHaveLength(3);
+    });
+
     it("a crashed worker's task is recovered by a live worker's lease sweeper", async () => {
       const dt = await h.open({ leaseMs: 150 });
       const attempts: number[] = [];

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { NonRetryableError } from '../../src/index.js';
-import { ConcurrencyMeter, type Harness, settled, sleep, untilState } from './harness.js';
+import { ConcurrencyMeter, type Harness, settled, sleep, untilState, within } from './harness.js';
 
 export function schedulingTests(h: Harness): void {
   describe('scheduling', () => {
@@ -120,6 +120,57 @@ export function schedulingTests(h: Harness): void {
       expect(meter.maxOf('host-b')).toBe(1);
       expect(meter.maxOf('free')).toBeGreaterThan(2);
     });
+
+    it('a type registered again without a concurrency limit has none', async () => {
+      const dt = await h.open();
+      await dt.port.configureTypes(dt.namespace, [{ type: 'render', concurrency: 1 }]);
+      // Another process registers the type again, without a limit: the last registration holds.
+      const peer = await h.peer(dt);
+      const three = h.gate();
+      const release = h.gate();
+      let running = 0;
+      peer.handle('render', async () => {
+        if (++running === 3) three.resolve();
+        await release.promise;
+        return null;
+      });
+      await peer.start({ concurrency: 8 });
+      const jobs = await dt.submitMany(Array.from({ length: 3 }, () => ({ type: 'render', payload: null })));
+      await within(three.promise, 5000, 'three renders running at once');
+      release.resolve();
+      for (const j of jobs) expect((await settled(dt, j)).state).toBe('succeeded');
+    });
+
+    h.inProcessIt(
+      'the slot of a concurrency key is deleted once no unsettled task carries the key',
+      async () => {
+        const dt = await h.open();
+        dt.handle('fetch', (_ctx, host) => host);
+        const keys = Array.from({ length: 10 }, (_, i) => `host-${i}`);
+        const slotsOf = (names: string[]) =>
+          dt.store.transaction((tx) =>
+            tx.getSlots(
+              dt.namespace,
+              names.map((k) => `key:${k}`),
+            ),
+          );
+        const done = await dt.submitMany(
+          keys.map((k) => ({ type: 'fetch', payload: k, options: { concurrency: { key: k, limit: 1 } } })),
+        );
+        const waiting = await dt.submit('later', null, { concurrency: { key: 'kept', limit: 1 } });
+        expect(await slotsOf(keys)).toHaveLength(10);
+        await dt.start();
+        for (const j of done) expect((await settled(dt, j)).state).toBe('succeeded');
+        await dt.engine.expireLeases(); // the lease sweeper
+        expect(await slotsOf(keys)).toEqual([]);
+        // A key a queued task still carries keeps its slot, and its limit.
+        expect(await slotsOf(['kept'])).toMatchObject([{ key: 'key:kept', max: 1, running: 0 }]);
+        expect((await dt.getTask(waiting.rootTaskId)).state).toBe('queued');
+        // A key used again gets its slot again.
+        const again = await dt.submit('fetch', 'host-0', { concurrency: { key: 'host-0', limit: 1 } });
+        expect(await again.result()).toBe('host-0');
+      },
+    );
 
     it('concurrency limits hold across workers', async () => {
       const dt = await h.open();

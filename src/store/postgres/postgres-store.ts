@@ -8,9 +8,10 @@
  *
  * One store runs its transactions one at a time, as the SQLite store does; concurrency comes
  * from more processes (or more stores). The engine stamps a transaction's writes and events
- * with the time it began, so two overlapping transactions of one process that commit in the
- * other order would record a parent settling before its child, and deliver events out of
- * time order. Queries outside transactions (getJob, getTask, ...) use the other connections.
+ * with the time it began (the database's clock, read with BEGIN), so two overlapping
+ * transactions of one process that commit in the other order would record a parent settling
+ * before its child, and deliver events out of time order. A transaction that would wait long
+ * for a row lock gives up its turn instead (see LOCK_TIMEOUT_FIRST_MS). Queries outside transactions (getJob, getTask, ...) use the other connections.
  * A transaction that deadlocks anyway (two batches updating rows in different orders) is
  * rolled back by Postgres and run again here, and so is one that lost a race for a spawn or
  * dedup key (see PostgresTx.lostKeyRace): the engine's operations only touch the store inside
@@ -36,9 +37,9 @@ import type {
   TaskRow,
   TypeConfigRow,
 } from '../store.js';
-import { listJobsSql, queries } from './queries.js';
+import { DB_NOW_MS, listJobsSql, queries } from './queries.js';
 import { ReadyListener, readyChannel } from './ready.js';
-import { PostgresTx, type TxContext } from './tx.js';
+import { callerHoldsError, PostgresTx, type TxContext } from './tx.js';
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
@@ -104,6 +105,21 @@ const CONNECTION_CODES = new Set([
   'ETIMEDOUT',
   'ENOENT', // the unix socket is gone while the server restarts
 ]);
+/**
+ * A store transaction waits this long for a row lock, then rolls back and runs again later,
+ * outside the store's one-at-a-time order: a row held by someone else's transaction (a
+ * caller's `options.transaction`, in this process or another) must not stall every other
+ * operation of the process behind it. The wait doubles on each try (a hot row under heavy
+ * contention still gets its turn), and the operation gives up after LOCK_WAIT_FOR_MS.
+ */
+const LOCK_TIMEOUT_FIRST_MS = 200;
+const LOCK_TIMEOUT_MAX_MS = 3200;
+const LOCK_WAIT_FOR_MS = 60_000;
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** The database's clock in ms: every time a transaction stamps or compares (leases, run_at). */
+const DB_NOW = `SELECT ${DB_NOW_MS} AS now`;
+
 /** Connection errors are retried with a doubling delay from the first to the last, for this long in all. */
 const RECONNECT_FIRST_MS = 50;
 const RECONNECT_MAX_MS = 1000;
@@ -224,8 +240,48 @@ export class PostgresStore implements Store {
     });
   }
 
-  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-    return this.mutex.run(() => this.runTransaction(fn));
+  async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    let lockTimeoutMs = LOCK_TIMEOUT_FIRST_MS;
+    let giveUpAt: number | undefined;
+    for (;;) {
+      try {
+        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs));
+      } catch (e) {
+        if ((e as { code?: string }).code !== LOCK_NOT_AVAILABLE || this.closing) throw e;
+        giveUpAt ??= Date.now() + LOCK_WAIT_FOR_MS;
+        if (Date.now() >= giveUpAt)
+          throw new Error(
+            `dynatask: rows this operation needs stayed locked by another transaction for ${LOCK_WAIT_FOR_MS / 1000} s (an uncommitted options.transaction?)`,
+            { cause: e },
+          );
+        // Outside the mutex: the process's other operations go on meanwhile.
+        await new Promise((r) => setTimeout(r, lockTimeoutMs / 2 + Math.random() * (lockTimeoutMs / 2)));
+        lockTimeoutMs = Math.min(lockTimeoutMs * 2, LOCK_TIMEOUT_MAX_MS);
+      }
+    }
+  }
+
+  /**
+   * Open transactions of callers (`options.transaction`) in this process, by the tasks whose
+   * rows they locked. A ctx call about such a task from outside that transaction would wait
+   * for the caller, who waits for the call: it is refused instead (assertNotHeldByCaller).
+   */
+  private readonly callerLocks = new Map<string, pg.ClientBase>();
+
+  /** Refuses a call about a task an open transaction of the caller holds (see PostgresTx.assertNotHeldByCaller). */
+  assertNotHeldByCaller(taskId: string): void {
+    if (this.callerHolding(taskId)) throw callerHoldsError(taskId);
+  }
+
+  /** The caller's client holding a task's row, if its transaction is still open. */
+  private callerHolding(taskId: string): pg.ClientBase | undefined {
+    const client = this.callerLocks.get(taskId);
+    if (!client) return undefined;
+    // 'T': in a transaction, 'E': in a failed one (locks held until ROLLBACK); 'I': committed or rolled back.
+    const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.();
+    if (status === 'T' || status === 'E') return client;
+    this.callerLocks.delete(taskId);
+    return undefined;
   }
 
   /**
@@ -239,26 +295,37 @@ export class PostgresStore implements Store {
       throw new ValidationError(
         'options.transaction must be a pg Client or PoolClient inside a transaction the caller began',
       );
+    const c = client as pg.ClientBase;
     return this.tracked('statement', async () => {
-      const tx = new PostgresTx(client as pg.ClientBase, { ...this.ctx, origin: EXTERNAL_ORIGIN, types });
+      const now = (await c.query<{ now: number }>({ text: DB_NOW, types })).rows[0]!.now;
+      const tx = new PostgresTx(c, { ...this.ctx, origin: EXTERNAL_ORIGIN, types }, now, {
+        holder: c,
+        holding: (id) => this.callerHolding(id),
+      });
       const out = await fn(tx);
       await tx.sendNotices();
+      // Rows it locked stay locked until the caller commits or rolls back.
+      for (const id of tx.locked) this.callerLocks.set(id, c);
+      // Forget transactions that have ended, now and then, so the map stays small.
+      if (this.callerLocks.size > 1024) for (const id of [...this.callerLocks.keys()]) this.callerHolding(id);
       return out;
     });
   }
 
-  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>, lockTimeoutMs: number): Promise<T> {
     let reconnectMs = RECONNECT_FIRST_MS;
     let reconnectUntil: number | undefined;
     for (let attempt = 1; ; attempt++) {
       let tx: PostgresTx | undefined;
       try {
         return await this.withClient(
-          (client) => {
-            tx = new PostgresTx(client, this.ctx);
+          (client, now) => {
+            tx = new PostgresTx(client, this.ctx, now!, { holding: (id) => this.callerHolding(id) });
             return fn(tx);
           },
           () => tx!.commitSql(),
+          // One round trip: BEGIN, the lock wait allowed, and the database's time.
+          `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`,
         );
       } catch (e) {
         // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
@@ -283,7 +350,11 @@ export class PostgresStore implements Store {
   }
 
   /** BEGIN, `fn`, COMMIT (`commitSql()`: with notices) on one pooled client; ROLLBACK if `fn` throws. */
-  private withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, commitSql = () => 'COMMIT'): Promise<T> {
+  private withClient<T>(
+    fn: (client: pg.PoolClient, now?: number) => Promise<T>,
+    commitSql = () => 'COMMIT',
+    begin = 'BEGIN',
+  ): Promise<T> {
     return this.tracked('transaction', async () => {
       const client = await this.pool.connect();
       let broken: Error | undefined;
@@ -295,8 +366,9 @@ export class PostgresStore implements Store {
       client.on('error', onError);
       let committing = false;
       try {
-        await client.query('BEGIN');
-        const out = await fn(client);
+        const began = (await client.query(begin)) as pg.QueryResult | pg.QueryResult[];
+        const last = Array.isArray(began) ? began[began.length - 1] : began;
+        const out = await fn(client, (last?.rows[0] as { now?: number } | undefined)?.now);
         // Broken already (its 'error' came in): COMMIT cannot reach the server, so the
         // transaction did not commit, and may run again.
         if (broken) throw broken;
@@ -380,7 +452,9 @@ export class PostgresStore implements Store {
 
   async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
     if (!types.length) return null;
-    return (await this.rows<{ t: number | null }>(this.ctx.q.nextRunAt, [namespace, types]))[0]?.t ?? null;
+    const [r] = await this.rows<{ t: number | null; now: number }>(this.ctx.q.nextRunAt, [namespace, types]);
+    // On this process's clock: the worker sleeps until then.
+    return r?.t == null ? null : r.t - r.now + Date.now();
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<string | undefined> {
@@ -396,7 +470,7 @@ export class PostgresStore implements Store {
   }
 
   async touchWorker(id: string, namespace: string, types: string[], now: number): Promise<void> {
-    await this.query(this.ctx.q.touchWorker, [id, namespace, types, now]);
+    await this.query(this.ctx.q.touchWorker, [id, namespace, types, Date.now() - now]);
   }
 
   async removeWorker(id: string): Promise<void> {
@@ -404,12 +478,12 @@ export class PostgresStore implements Store {
   }
 
   async liveTypes(namespace: string, since: number): Promise<string[]> {
-    const rows = await this.rows<{ type: string }>(this.ctx.q.liveTypes, [namespace, since]);
+    const rows = await this.rows<{ type: string }>(this.ctx.q.liveTypes, [namespace, Date.now() - since]);
     return rows.map((r) => r.type).sort();
   }
 
   async purgeJobs(namespace: string, before: number, limit: number): Promise<number> {
-    return (await this.query(this.ctx.q.purgeJobs, [namespace, before, limit])).rowCount ?? 0;
+    return (await this.query(this.ctx.q.purgeJobs, [namespace, Date.now() - before, limit])).rowCount ?? 0;
   }
 
   /**

@@ -21,6 +21,13 @@ import {
 
 const SETTLED = `('succeeded', 'failed', 'cancelled', 'skipped')`;
 
+/**
+ * The database's clock in ms. The queries outside transactions take times on the caller's
+ * clock as ages (now minus the time) and apply them to this, so that processes whose clocks
+ * differ agree with each other and with the rows' times, which are all the database's.
+ */
+export const DB_NOW_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::int8';
+
 /** A parent's job id, so that lookups of its children use the job-first keys. */
 const jobOfTask = (s: string, param: string) => `(SELECT job_id FROM ${s}.tasks WHERE id = ${param} LIMIT 1)`;
 /** The hashes of an array of keys, as the key indexes hold them (migration 004): computed once. */
@@ -67,6 +74,10 @@ export function queries(s: string) {
      */
     getTasks: `SELECT ${list(CORE_COLUMNS)} FROM ${s}.tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
 
+    /** $1: ids. Locks the rows no other transaction holds; leaves the others out. */
+    getTasksSkipLocked: `SELECT ${list(CORE_COLUMNS)} FROM ${s}.tasks WHERE id = ANY($1::text[])
+      ORDER BY id FOR UPDATE SKIP LOCKED`,
+
     /** $1: id. The whole row, for reading. */
     getTask: `SELECT * FROM ${s}.tasks WHERE id = $1`,
 
@@ -101,19 +112,14 @@ export function queries(s: string) {
       RETURNING ${list(COMPLETED_COLUMNS, 't')}`,
 
     /**
-     * $1: namespace, $2: type, $3: now, $4: limit, $5: the concurrency keys this transaction's
-     * getSlots saw (NULL: any), $6: full keys. Queued tasks that are due, best first.
-     *
-     * A task whose key getSlots did not see was spawned, with its slot, after that read (each
-     * statement sees what has committed by its start): it is left for the next claim, which
-     * sees its slot, as if this claim had run entirely before that spawn.
+     * $1: namespace, $2: type, $3: now, $4: limit, $5: full keys. Queued tasks that are due,
+     * best first. The claim then locks the slots of their keys (getSlots) and reads them fresh.
      * SKIP LOCKED: a task another claimer holds is passed over, not waited for; the locks
      * taken here keep the chosen rows queued until claimByIds updates them.
      */
     claimCandidates: `SELECT id, type, priority, run_at, concurrency_key, ctid::text AS ctid FROM ${s}.tasks
       WHERE namespace = $1 AND type = $2 AND state = 'queued' AND run_at <= $3
-        AND (concurrency_key IS NULL
-          OR (($5::text[] IS NULL OR concurrency_key = ANY($5::text[])) AND NOT concurrency_key = ANY($6::text[])))
+        AND (concurrency_key IS NULL OR NOT concurrency_key = ANY($5::text[]))
       ORDER BY priority DESC, run_at, id
       LIMIT $4
       FOR UPDATE SKIP LOCKED`,
@@ -200,8 +206,8 @@ export function queries(s: string) {
     /** $1: job id, $2: after this id ('' for the first page), $3: limit. */
     taskPage: `SELECT * FROM ${s}.tasks WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
 
-    /** $1: namespace, $2: types. */
-    nextRunAt: `SELECT min(run_at) AS t FROM ${s}.tasks
+    /** $1: namespace, $2: types. With the database's time, to convert to the caller's clock. */
+    nextRunAt: `SELECT min(run_at) AS t, ${DB_NOW_MS} AS now FROM ${s}.tasks
       WHERE namespace = $1 AND type = ANY($2::text[]) AND state = 'queued'`,
 
     /** $1: namespace. */
@@ -246,10 +252,33 @@ export function queries(s: string) {
     // ------------------------------------------------------------------ types, slots, workers
 
     /**
-     * $1: namespace. Locked, in key order: a claim reads the free slots and then takes some,
-     * so two claimers must not both see the same free slot.
+     * $1: namespace, $2: keys. Locked, in key order: a claim reads the free slots and then
+     * takes some, so two claimers must not both see the same free slot.
      */
-    getSlots: `SELECT namespace, key, max, running FROM ${s}.slots WHERE namespace = $1 ORDER BY key FOR UPDATE`,
+    getSlots: `SELECT namespace, key, max, running FROM ${s}.slots WHERE namespace = $1 AND key = ANY($2::text[])
+      ORDER BY key FOR UPDATE`,
+
+    /** $1: namespace. Whether it has key slots, and the full ones ('key;' follows every 'key:...'). */
+    fullKeySlots: `SELECT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1 AND key >= 'key:' AND key < 'key;') AS any,
+      ARRAY(SELECT key FROM ${s}.slots WHERE namespace = $1 AND running >= max AND key >= 'key:' AND key < 'key;') AS full`,
+
+    /**
+     * $1: limit. Key slots no task holds, locked (SKIP LOCKED: a spawn upserting one holds it).
+     * Their deletion (dropKeySlots) is a second statement, so that its snapshot sees every task
+     * committed by a spawn that held the slot until this one locked it.
+     */
+    unusedKeySlots: `SELECT namespace, key FROM ${s}.slots
+      WHERE key >= 'key:' AND key < 'key;' AND running = 0
+      LIMIT $1 FOR UPDATE SKIP LOCKED`,
+
+    /** $1, $2: namespaces and keys of slots locked by unusedKeySlots. Deletes those no unsettled task carries. */
+    dropKeySlots: `DELETE FROM ${s}.slots AS sl USING unnest($1::text[], $2::text[]) AS k(namespace, key)
+      WHERE sl.namespace = k.namespace AND sl.key = k.key AND sl.running = 0
+        AND NOT EXISTS (SELECT 1 FROM ${s}.tasks AS t
+          WHERE t.namespace = sl.namespace AND t.concurrency_key = sl.key AND t.state NOT IN ${SETTLED})`,
+
+    /** $1: namespace, $2: key. Removes a limit. */
+    deleteSlot: `DELETE FROM ${s}.slots WHERE namespace = $1 AND key = $2`,
 
     /** $1: namespace, $2: key, $3: max. Keeps the running count. */
     setSlotMax: `INSERT INTO ${s}.slots (namespace, key, max, running) VALUES ($1, $2, $3, 0)
@@ -268,28 +297,33 @@ export function queries(s: string) {
         backoff_ms = excluded.backoff_ms, max_backoff_ms = excluded.max_backoff_ms,
         timeout_ms = excluded.timeout_ms, concurrency = excluded.concurrency`,
 
+    /** $1, $2: arrays of namespace and type (pairs). */
+    getTypeConfigs: `SELECT c.* FROM unnest($1::text[], $2::text[]) AS k(namespace, type)
+      JOIN ${s}.type_configs c ON c.namespace = k.namespace AND c.type = k.type`,
+
     /** $1: namespace. */
     typeConfigs: `SELECT * FROM ${s}.type_configs WHERE namespace = $1`,
 
-    /** $1: id, $2: namespace, $3: types, $4: now. */
-    touchWorker: `INSERT INTO ${s}.workers (id, namespace, types, last_seen) VALUES ($1, $2, $3, $4)
+    /** $1: id, $2: namespace, $3: types, $4: how long ago it was seen (ms). */
+    touchWorker: `INSERT INTO ${s}.workers (id, namespace, types, last_seen) VALUES ($1, $2, $3, ${DB_NOW_MS} - $4::bigint)
       ON CONFLICT (id) DO UPDATE SET types = excluded.types, last_seen = excluded.last_seen`,
 
     /** $1: id. */
     removeWorker: `DELETE FROM ${s}.workers WHERE id = $1`,
 
-    /** $1: namespace, $2: seen since. */
-    liveTypes: `SELECT DISTINCT unnest(types) AS type FROM ${s}.workers WHERE namespace = $1 AND last_seen >= $2`,
+    /** $1: namespace, $2: seen within this many ms. */
+    liveTypes: `SELECT DISTINCT unnest(types) AS type FROM ${s}.workers
+      WHERE namespace = $1 AND last_seen >= ${DB_NOW_MS} - $2::bigint`,
 
     // ------------------------------------------------------------------ retention
 
     /**
-     * $1: namespace, $2: settled before, $3: limit. Deletes up to $3 settled jobs with all their
+     * $1: namespace, $2: settled more than this many ms ago, $3: limit. Deletes up to $3 settled jobs with all their
      * rows, in one statement; returns the jobs deleted.
      */
     purgeJobs: `WITH doomed AS (
         SELECT id FROM ${s}.jobs
-        WHERE settled_at IS NOT NULL AND settled_at < $2 AND namespace = $1
+        WHERE settled_at IS NOT NULL AND settled_at < ${DB_NOW_MS} - $2::bigint AND namespace = $1
         ORDER BY settled_at
         LIMIT $3
         FOR UPDATE SKIP LOCKED

@@ -145,6 +145,10 @@ CREATE INDEX jobs_by_type ON dynatask.jobs USING btree (namespace, type, id);
 
 CREATE INDEX jobs_settled ON dynatask.jobs USING btree (settled_at) WHERE (settled_at IS NOT NULL);
 
+CREATE INDEX slots_full ON dynatask.slots USING btree (namespace, key) WHERE (running >= max);
+
+CREATE INDEX tasks_by_concurrency_key ON dynatask.tasks USING btree (namespace, concurrency_key) WHERE ((concurrency_key IS NOT NULL) AND (state <> ALL (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text, 'skipped'::text])));
+
 CREATE INDEX tasks_by_id ON dynatask.tasks USING btree (id);
 
 CREATE INDEX tasks_by_job_state ON dynatask.tasks USING btree (job_id, state);

@@ -3,6 +3,7 @@
  * on the transaction's client. Each is one statement (one round trip) whatever the batch size.
  */
 import type pg from 'pg';
+import { ConflictError } from '../../engine/errors.js';
 import type {
   AttemptRow,
   ClaimByIdsQuery,
@@ -45,17 +46,35 @@ export class PostgresTx implements StoreTx {
    * it finds the other transaction's task (as if the two had run one after the other).
    */
   lostKeyRace = false;
-  /** Per namespace, the slot keys getSlots returned (and locked) in this transaction. */
-  private readonly slotKeys = new Map<string, string[]>();
   /** Row addresses of the claim candidates this transaction holds locked, by id. */
   private readonly candidateTids = new Map<string, string>();
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
   private readonly notices: string[] = [];
 
+  /** Ids of the task rows this transaction locked (for a caller's transaction: see PostgresStore). */
+  readonly locked = new Set<string>();
+
   constructor(
     private readonly client: pg.ClientBase,
     private readonly ctx: TxContext,
+    /** The database's time when the transaction began. */
+    private readonly at: number,
+    private readonly callers: {
+      /** The caller's client this transaction runs on, if any. */
+      holder?: pg.ClientBase;
+      /** The open caller's transaction of this process holding a task's row, if any. */
+      holding(taskId: string): pg.ClientBase | undefined;
+    },
   ) {}
+
+  /**
+   * Refuses a call about a task whose row an open transaction of the caller holds, unless
+   * this is that transaction: it would wait for the caller, who waits for it.
+   */
+  assertNotHeldByCaller(taskId: string): void {
+    const holder = this.callers.holding(taskId);
+    if (holder && holder !== this.callers.holder) throw callerHoldsError(taskId);
+  }
 
   private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
     return (await this.query(text, values)).rows as R[];
@@ -71,8 +90,9 @@ export class PostgresTx implements StoreTx {
       : this.client.query(text, values);
   }
 
+  /** The database's clock, not this machine's: processes on machines whose clocks differ agree on leases and run times. */
   now(): number {
-    return Date.now();
+    return this.at;
   }
 
   async insertJobs(rows: JobRow[]): Promise<void> {
@@ -120,9 +140,14 @@ export class PostgresTx implements StoreTx {
     return new Set(inserted.map((r) => r.id));
   }
 
-  async getTasks(ids: string[]): Promise<TaskCore[]> {
+  async getTasks(ids: string[], opts?: { skipLocked?: boolean }): Promise<TaskCore[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.getTasks, [ids]);
+    const rows = await this.rows<TaskCore>(
+      opts?.skipLocked ? this.ctx.q.getTasksSkipLocked : this.ctx.q.getTasks,
+      [ids],
+    );
+    if (this.callers.holder) for (const r of rows) this.locked.add(r.id);
+    return rows;
   }
 
   /**
@@ -180,7 +205,6 @@ export class PostgresTx implements StoreTx {
       q.type,
       q.now,
       q.limit,
-      this.slotKeys.get(q.namespace) ?? null,
       q.excludeKeys,
     ]);
     for (const r of rows) {
@@ -294,17 +318,29 @@ export class PostgresTx implements StoreTx {
     await this.query(this.ctx.q.putStep, [jobId, taskId, name, value]);
   }
 
-  async getSlots(namespace: string): Promise<SlotRow[]> {
-    const rows = await this.rows<SlotRow>(this.ctx.q.getSlots, [namespace]);
-    this.slotKeys.set(
-      namespace,
-      rows.map((r) => r.key),
-    );
-    return rows;
+  async getSlots(namespace: string, keys: string[]): Promise<SlotRow[]> {
+    if (!keys.length) return [];
+    return this.rows<SlotRow>(this.ctx.q.getSlots, [namespace, keys]);
   }
 
-  async setSlotMax(namespace: string, key: string, max: number): Promise<void> {
-    await this.query(this.ctx.q.setSlotMax, [namespace, key, max]);
+  async fullKeySlots(namespace: string): Promise<{ any: boolean; full: string[] }> {
+    const [r] = await this.rows<{ any: boolean; full: string[] }>(this.ctx.q.fullKeySlots, [namespace]);
+    return { any: r?.any ?? false, full: r?.full ?? [] };
+  }
+
+  async dropUnusedKeySlots(limit: number): Promise<number> {
+    const locked = await this.rows<{ namespace: string; key: string }>(this.ctx.q.unusedKeySlots, [limit]);
+    if (!locked.length) return 0;
+    const r = await this.query(this.ctx.q.dropKeySlots, [
+      locked.map((l) => l.namespace),
+      locked.map((l) => l.key),
+    ]);
+    return r.rowCount ?? 0;
+  }
+
+  async setSlotMax(namespace: string, key: string, max: number | null): Promise<void> {
+    if (max === null) await this.query(this.ctx.q.deleteSlot, [namespace, key]);
+    else await this.query(this.ctx.q.setSlotMax, [namespace, key, max]);
   }
 
   async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
@@ -339,6 +375,11 @@ export class PostgresTx implements StoreTx {
     ].join('; ');
   }
 
+  async getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]> {
+    if (!keys.length) return [];
+    return this.rows(this.ctx.q.getTypeConfigs, [keys.map((k) => k.namespace), keys.map((k) => k.type)]);
+  }
+
   async upsertTypeConfigs(rows: TypeConfigRow[]): Promise<void> {
     const last = new Map(rows.map((r) => [`${r.namespace}\0${r.type}`, r]));
     if (!last.size) return;
@@ -353,4 +394,11 @@ export class PostgresTx implements StoreTx {
       list.map((r) => r.concurrency),
     ]);
   }
+}
+
+/** The refusal of a call that would wait for a caller's own open transaction. */
+export function callerHoldsError(taskId: string): ConflictError {
+  return new ConflictError(
+    `task ${taskId} is locked by the transaction passed as options.transaction (to ctx.spawn), which has not committed: commit or roll it back before other calls about this task (ctx.step, ctx.progress, ctx.spawn without it, ctx.waitAll), or pass it to ctx.spawn again`,
+  );
 }

@@ -458,11 +458,46 @@ export class SqliteStore implements Store {
         );
       },
 
-      async getSlots(namespace: string) {
-        return st('SELECT * FROM slots WHERE namespace = ?').all(namespace) as SlotRow[];
+      async getSlots(namespace: string, keys: string[]) {
+        const s = st('SELECT * FROM slots WHERE namespace = ? AND key = ?');
+        const out: SlotRow[] = [];
+        for (const key of [...new Set(keys)].sort()) {
+          const r = s.get(namespace, key) as SlotRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
       },
 
-      async setSlotMax(namespace: string, key: string, max: number) {
+      async fullKeySlots(namespace: string) {
+        // 'key;' is the first text after every 'key:...': a range of the primary key.
+        const any = st(
+          `SELECT 1 FROM slots WHERE namespace = ? AND key >= 'key:' AND key < 'key;' LIMIT 1`,
+        ).get(namespace);
+        if (!any) return { any: false, full: [] };
+        const full = st(
+          `SELECT key FROM slots INDEXED BY slots_full
+           WHERE namespace = ? AND running >= max AND key >= 'key:' AND key < 'key;'`,
+        ).all(namespace) as Array<{ key: string }>;
+        return { any: true, full: full.map((r) => r.key) };
+      },
+
+      async dropUnusedKeySlots(limit: number) {
+        return st(
+          `DELETE FROM slots WHERE (namespace, key) IN (
+             SELECT s.namespace, s.key FROM slots s
+             WHERE s.key >= 'key:' AND s.key < 'key;' AND s.running = 0
+               AND NOT EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_by_concurrency_key
+                 WHERE t.namespace = s.namespace AND t.concurrency_key = s.key AND t.concurrency_key IS NOT NULL
+                   AND t.state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped'))
+             LIMIT ?)`,
+        ).run(limit).changes;
+      },
+
+      async setSlotMax(namespace: string, key: string, max: number | null) {
+        if (max === null) {
+          st('DELETE FROM slots WHERE namespace = ? AND key = ?').run(namespace, key);
+          return;
+        }
         st(
           `INSERT INTO slots (namespace, key, max, running) VALUES (?, ?, ?, 0)
            ON CONFLICT (namespace, key) DO UPDATE SET max = excluded.max`,
@@ -472,6 +507,16 @@ export class SqliteStore implements Store {
       async adjustSlots(namespace: string, deltas: Map<string, number>) {
         const s = st('UPDATE slots SET running = max(0, running + ?) WHERE namespace = ? AND key = ?');
         for (const [key, d] of deltas) if (d !== 0) s.run(d, namespace, key);
+      },
+
+      async getTypeConfigs(keys: Array<{ namespace: string; type: string }>) {
+        const s = st('SELECT * FROM type_configs WHERE namespace = ? AND type = ?');
+        const out: TypeConfigRow[] = [];
+        for (const k of keys) {
+          const r = s.get(k.namespace, k.type) as TypeConfigRow | undefined;
+          if (r) out.push(r);
+        }
+        return out;
       },
 
       async upsertTypeConfigs(rows: TypeConfigRow[]) {
