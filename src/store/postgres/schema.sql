@@ -90,6 +90,7 @@ CREATE TABLE dynatask.tasks (
     started_at bigint,
     finished_at bigint,
     settled_at bigint,
+    worker_id text COLLATE pg_catalog."C",
     attempt_base integer DEFAULT 0 NOT NULL
 );
 
