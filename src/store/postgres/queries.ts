@@ -30,9 +30,18 @@ export const DB_NOW_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::i
 
 /** A parent's job id, so that lookups of its children use the job-first keys. */
 const jobOfTask = (s: string, param: string) => `(SELECT job_id FROM ${s}.tasks WHERE id = ${param} LIMIT 1)`;
-/** The hashes of an array of keys, as the key indexes hold them (migration 004): computed once. */
-const keyHashes = (s: string, param: string) =>
-  `ARRAY(SELECT ${s}.key_hash(k) FROM unnest(${param}::text[]) AS k)`;
+/**
+ * Rows whose `column` is one of the keys in `param`, through the key indexes of migration 004:
+ * keys of up to 2,048 bytes by the plain partial index, longer ones by their hash (computed
+ * for the long keys only). Each branch repeats its index's predicate so that the planner uses it.
+ */
+const byKey = (s: string, select: string, where: string, column: string, param: string) =>
+  `${select} WHERE ${where} AND ${column} = ANY(${param}::text[]) AND octet_length(${column}) <= 2048
+   UNION ALL
+   ${select} WHERE ${where} AND octet_length(${column}) > 2048
+     AND ${s}.key_hash(${column}) = ANY(ARRAY(SELECT ${s}.key_hash(k) FROM unnest(${param}::text[]) AS k
+                                             WHERE octet_length(k) > 2048))
+     AND ${column} = ANY(${param}::text[])`;
 
 export function queries(s: string) {
   return {
@@ -82,14 +91,22 @@ export function queries(s: string) {
     getTask: `SELECT * FROM ${s}.tasks WHERE id = $1`,
 
     /** $1: parent id, $2: spawn keys. The index holds the keys' hashes (migration 004). */
-    findChildrenByKey: `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks
-      WHERE job_id = ${jobOfTask(s, '$1')} AND parent_id = $1
-        AND ${s}.key_hash(spawn_key) = ANY(${keyHashes(s, '$2')}) AND spawn_key = ANY($2::text[])`,
+    findChildrenByKey: byKey(
+      s,
+      `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks`,
+      `job_id = ${jobOfTask(s, '$1')} AND parent_id = $1`,
+      'spawn_key',
+      '$2',
+    ),
 
     /** $1: job id, $2: dedup keys. */
-    findByDedupKey: `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks
-      WHERE job_id = $1 AND dedup_key IS NOT NULL
-        AND ${s}.key_hash(dedup_key) = ANY(${keyHashes(s, '$2')}) AND dedup_key = ANY($2::text[])`,
+    findByDedupKey: byKey(
+      s,
+      `SELECT ${list(KEYED_COLUMNS)} FROM ${s}.tasks`,
+      'job_id = $1',
+      'dedup_key',
+      '$2',
+    ),
 
     /** $1: parent id. Its children with their outcomes, in creation order. */
     children: `SELECT ${list(OUTCOME_COLUMNS)} FROM ${s}.tasks

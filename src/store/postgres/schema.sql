@@ -156,8 +156,12 @@ CREATE INDEX tasks_by_job_state ON dynatask.tasks USING btree (job_id, state);
 
 CREATE INDEX tasks_claim ON dynatask.tasks USING btree (namespace, type, priority DESC, run_at, id) WHERE (state = 'queued'::text);
 
-CREATE UNIQUE INDEX tasks_dedup_key ON dynatask.tasks USING btree (job_id, dynatask.key_hash(dedup_key)) WHERE (dedup_key IS NOT NULL);
+CREATE UNIQUE INDEX tasks_dedup_key ON dynatask.tasks USING btree (job_id, dedup_key) WHERE (octet_length(dedup_key) <= 2048);
+
+CREATE UNIQUE INDEX tasks_dedup_key_long ON dynatask.tasks USING btree (job_id, dynatask.key_hash(dedup_key)) WHERE (octet_length(dedup_key) > 2048);
 
 CREATE INDEX tasks_leases ON dynatask.tasks USING btree (lease_expires_at) WHERE (state = 'running'::text);
 
-CREATE UNIQUE INDEX tasks_spawn_key ON dynatask.tasks USING btree (job_id, parent_id, dynatask.key_hash(spawn_key));
+CREATE UNIQUE INDEX tasks_spawn_key ON dynatask.tasks USING btree (job_id, parent_id, spawn_key) WHERE (octet_length(spawn_key) <= 2048);
+
+CREATE UNIQUE INDEX tasks_spawn_key_long ON dynatask.tasks USING btree (job_id, parent_id, dynatask.key_hash(spawn_key)) WHERE (octet_length(spawn_key) > 2048);
