@@ -137,7 +137,6 @@ export class SqliteStore implements Store {
     this.db.pragma('cache_size = -65536');
     this.db.pragma('mmap_size = 268435456');
     this.db.pragma('temp_store = MEMORY');
-    if (process.env.XX_PRAGMA) for (const p of process.env.XX_PRAGMA.split(';')) this.db.pragma(p);
   }
 
   /** A cached prepared statement. */
