@@ -9,7 +9,9 @@
  */
 import type { SpawnSpec } from './engine.js';
 import { ChildTaskFailedError, SuspendSignal, ValidationError } from './errors.js';
+import { MAX_STEP_NAME_LENGTH } from './limits.js';
 import type { WorkerPort } from './port.js';
+import { checkText } from './rows.js';
 import type { Outcome, SpawnOptions, TaskHandle } from './types.js';
 
 /** Maps task types to their payload and result types, for a typed API end to end. */
@@ -186,6 +188,8 @@ export class TaskContext<M extends TaskMap = TaskMap, P = unknown> {
    */
   async step<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
     this.throwIfSuspended();
+    // The same bound in-process as on the wire, checked before `fn` runs.
+    checkText(name ?? null, 'step name', MAX_STEP_NAME_LENGTH);
     const got = await this.port.getStep({ ...this.ref, jobId: this.task.jobId }, name);
     if (got.found) return got.value as T;
     const value = await fn();

@@ -25,3 +25,5 @@ export const MAX_PRIORITY = 2147483647;
 export const MAX_CONCURRENCY = 1_000_000;
 /** `after` references of one task. */
 export const MAX_AFTER = 1000;
+/** A step's name (`ctx.step(name, fn)`): 1 to this many characters. */
+export const MAX_STEP_NAME_LENGTH = 1000;

@@ -17,6 +17,7 @@ import {
   MAX_MS,
   MAX_NAME_LENGTH,
   MAX_PRIORITY,
+  MAX_STEP_NAME_LENGTH,
   MIN_PRIORITY,
 } from '../engine/limits.js';
 import { TASK_STATES } from '../engine/types.js';
@@ -511,7 +512,7 @@ export const ProgressBody = Type.Object(
   { additionalProperties: false, title: 'ProgressRequest' },
 );
 export const StepGetBody = Type.Object(
-  { ...Ref, name: Text({ minLength: 1, maxLength: 1000 }) },
+  { ...Ref, name: Text({ minLength: 1, maxLength: MAX_STEP_NAME_LENGTH }) },
   { additionalProperties: false, title: 'StepGetRequest' },
 );
 export const StepGetReply = Type.Object(
@@ -519,7 +520,7 @@ export const StepGetReply = Type.Object(
   { title: 'StepValue' },
 );
 export const StepPutBody = Type.Object(
-  { ...Ref, name: Text({ minLength: 1, maxLength: 1000 }), value: Type.Optional(AnyJson) },
+  { ...Ref, name: Text({ minLength: 1, maxLength: MAX_STEP_NAME_LENGTH }), value: Type.Optional(AnyJson) },
   { additionalProperties: false, title: 'StepPutRequest' },
 );
 export const OkReply = Type.Object({});

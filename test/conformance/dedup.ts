@@ -161,6 +161,12 @@ export function dedupTests(h: Harness): void {
           await refused({ key: tooLong }),
           await refused({ after: [tooLong] }),
           await refused({ concurrency: { key: 'c'.repeat(201), limit: 1 } }),
+          await ctx
+            .step('s'.repeat(1001), () => 'ran')
+            .then(
+              (v) => v,
+              (e: Error) => `${e.name}: ${e.message}`,
+            ),
         ];
       });
       await dt.start();
@@ -173,6 +179,7 @@ export function dedupTests(h: Harness): void {
         `ValidationError: children[0].options.key ${rule}`,
         `ValidationError: children[0].options.after[0] ${rule}`,
         'ValidationError: children[0].options.concurrency.key must be a non-empty string of at most 200 characters without NUL, got 201 characters',
+        'ValidationError: step name must be a non-empty string of at most 1000 characters without NUL, got 1001 characters',
       ]);
       await expect(dt.submit('root', null, { priority: 2 ** 31 })).rejects.toThrow(
         'jobs[0].options.priority must be an integer from -2147483648 to 2147483647, got 2147483648',
