@@ -807,10 +807,10 @@ export class Engine {
       const patches: TaskPatch[] = [];
       for (const row of held.values()) {
         releaseSlots(b, row);
+        // It keeps its run_at, its place in the queue: it never ran, and did nothing wrong.
         patches.push({
           id: row.id,
           state: 'queued',
-          run_at: b.now,
           lease_expires_at: null,
           started_at: null,
           slots_held: 0,

@@ -151,6 +151,17 @@ export function leaseTests(h: Harness): void {
       expect(later).toHaveLength(3);
     });
 
+    it('a released task (claimed, never started) keeps its place in the queue', async () => {
+      const dt = await h.open();
+      const job = await dt.submit('batch', 'first');
+      const ref = await claimOne(dt, 'batch');
+      await dt.submitMany([1, 2, 3].map((n) => ({ type: 'batch', payload: n })));
+      await sleep(5); // a later millisecond than the three queued meanwhile
+      expect(await dt.engine.release([ref])).toEqual([true]);
+      const [next] = await dt.engine.claim(dt.namespace, ['batch'], 1);
+      expect(next?.row.id).toBe(job.rootTaskId);
+    });
+
     it("a crashed worker's task is recovered by a live worker's lease sweeper", async () => {
       const dt = await h.open({ leaseMs: 150 });
       const attempts: number[] = [];
