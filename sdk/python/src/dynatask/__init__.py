@@ -1,0 +1,39 @@
+"""dynatask: serve and submit dependent, durable task trees from Python.
+
+The SDK speaks dynatask's HTTP worker protocol (docs/http-api.md) to a ``dynatask server``.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AuthError,
+    ChildTaskFailedError,
+    ConflictError,
+    DynataskError,
+    NonRetryableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StaleAttemptError,
+    TaskFailedError,
+    UnreachableError,
+    ValidationError,
+)
+from .outcome import Outcome
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "ChildTaskFailedError",
+    "ConflictError",
+    "DynataskError",
+    "NonRetryableError",
+    "NotFoundError",
+    "Outcome",
+    "PayloadTooLargeError",
+    "StaleAttemptError",
+    "TaskFailedError",
+    "UnreachableError",
+    "ValidationError",
+    "__version__",
+]
