@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -64,15 +65,32 @@ def maybe_datetime(ms: int | None) -> datetime | None:
     return None if ms is None else datetime_from_ms(ms)
 
 
+_ids_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
 def uuid7() -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of epoch milliseconds, then random bits; sorts by time."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    """A UUIDv7 (RFC 9562): 48 bits of epoch milliseconds, a 12-bit sequence, random bits.
+
+    Monotonic within the process, as the TypeScript ids (src/engine/ids.ts): ids made in one
+    millisecond count up, so jobs submitted in order list in order.
+    """
+    global _last_ms, _seq
+    with _ids_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _seq = 0
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
     return str(uuid.UUID(int=value))
 
 

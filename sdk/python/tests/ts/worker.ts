@@ -43,7 +43,9 @@ const handlers: Record<string, () => void> = {
   parent: () =>
     dt.handle('parent', async (ctx, p) => {
       const n = ((p as Payload)?.children as number | undefined) ?? 2;
-      const kids = await ctx.spawnMany(Array.from({ length: n }, (_, i) => ({ type: 'echo', payload: { i } })));
+      const kids = await ctx.spawnMany(
+        Array.from({ length: n }, (_, i) => ({ type: 'echo', payload: { i } })),
+      );
       return await ctx.waitAll(kids);
     }),
 };
