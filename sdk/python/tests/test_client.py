@@ -303,7 +303,7 @@ def test_unreachable_after_retry_for() -> None:
 @pytest.fixture
 def sqlite_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own on a SQLite file (whatever the session's store)."""
-    srv = ServerProcess(database=str(tmp_path / "own.db"), args=["--grace-ms", "2000"]).start()
+    srv = ServerProcess(database=str(tmp_path / "own.db"), args=["--grace-ms", "500"]).start()
     yield srv
     srv.stop()
 

@@ -284,7 +284,8 @@ class AsyncClient:
         ``kinds`` chooses among ``"task"``, ``"progress"`` and ``"job"`` (all by default; a
         client that only waits for jobs to settle should ask for ``["job"]``, which costs the
         server nothing). A job's stream ends after the job's ``job`` event (it settled) unless
-        ``until_settled`` is false; a stream of a settled job starts with that event. A dropped
+        ``until_settled`` is false (or ``kinds`` leaves ``"job"`` out); a stream of a settled
+        job starts with that event. A dropped
         connection is opened again (within ``retry_for``): events meanwhile are missed, so
         treat the stream as a prompt to read the job, not as a log. Close the generator (or
         leave the loop) to stop.
