@@ -341,3 +341,15 @@ def test_a_503_is_retried(sqlite_server: ServerProcess) -> None:
     assert retried[0].status == 503
     assert retried[0].code == "unavailable"
     assert answer, "the call did not succeed after the lock was released"
+
+
+def test_submit_many_splits_a_request_over_the_body_limit(start_server: StartServer) -> None:
+    srv = start_server("--body-limit", "4k")
+    specs = [JobSpec(UNSERVED, {"blob": "x" * 300, "i": i}) for i in range(40)]  # ~16 kB
+    with Client(srv.url) as c:
+        jobs = c.submit_many(specs)
+        assert [c.get_task(j.root_task_id).payload["i"] for j in jobs] == list(range(40))
+        assert len(list(c.iter_jobs())) == 40
+        with pytest.raises(dynatask.PayloadTooLargeError) as raised:
+            c.submit(UNSERVED, {"blob": "x" * 5000})
+    assert raised.value.status == 413
