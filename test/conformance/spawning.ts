@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { type TaskHandle, ValidationError } from '../../src/index.js';
-import { allTasks, type Harness, settled, untilState, within } from './harness.js';
+import { allTasks, deferred, type Harness, settled, untilState, within } from './harness.js';
 
 export function spawningTests(h: Harness): void {
   describe('spawning', () => {
@@ -101,14 +101,20 @@ export function spawningTests(h: Harness): void {
         const c = await ctx.spawn('kid', 'c');
         return ctx.waitAll([a!, b!, c]);
       });
+      // The children finish only once the parent has suspended in its wait, so that the
+      // handler surely runs again (a fast worker could otherwise settle them before the wait).
+      const suspended = deferred();
       dt.handle('kid', async (_ctx, p) => {
+        await suspended.promise;
         ran.push(p as string);
         return p;
       });
       await dt.start();
       const job = await dt.submit('root', null);
+      await untilState(dt, job.rootTaskId, 'waiting');
+      suspended.resolve();
       expect(await job.result()).toEqual(['a', 'b', 'c']);
-      expect(runs).toBeGreaterThanOrEqual(2); // the wait suspended the first run at least once
+      expect(runs).toBe(2);
       const kids = (await allTasks(dt, job.id)).filter((t) => t.type === 'kid');
       expect(kids.map((t) => [t.key, t.payload])).toEqual([
         ['#0', 'a'],
