@@ -5,6 +5,7 @@ The SDK speaks dynatask's HTTP worker protocol (docs/http-api.md) to a ``dynatas
 
 from __future__ import annotations
 
+from .context import AsyncTaskContext, Child, TaskContext, TaskHandle
 from .errors import (
     AuthError,
     ChildTaskFailedError,
@@ -19,11 +20,14 @@ from .errors import (
     ValidationError,
 )
 from .outcome import Outcome
+from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTaskContext",
     "AuthError",
+    "Child",
     "ChildTaskFailedError",
     "ConflictError",
     "DynataskError",
@@ -32,8 +36,11 @@ __all__ = [
     "Outcome",
     "PayloadTooLargeError",
     "StaleAttemptError",
+    "TaskContext",
     "TaskFailedError",
+    "TaskHandle",
     "UnreachableError",
     "ValidationError",
+    "Worker",
     "__version__",
 ]
