@@ -21,7 +21,10 @@ BIN = REPO / "bin" / "dynatask.js"
 
 
 def postgres_url() -> str:
-    for v in (os.environ.get("DYNATASK_TEST_POSTGRES_URL"), os.environ.get("DYNATASK_DATABASE_URL")):
+    for v in (
+        os.environ.get("DYNATASK_TEST_POSTGRES_URL"),
+        os.environ.get("DYNATASK_DATABASE_URL"),
+    ):
         if v and v.startswith(("postgres://", "postgresql://")):
             return v
     raise RuntimeError(
@@ -75,7 +78,8 @@ class Server:
         return self
 
     def _drain_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.log.append(line)
             del self.log[:-200]

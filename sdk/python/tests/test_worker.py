@@ -16,7 +16,6 @@ from typing import Any
 
 import pydantic
 import pytest
-from servers import Api, Server, database_for, serve
 
 from dynatask import (
     AsyncTaskContext,
@@ -26,10 +25,13 @@ from dynatask import (
     TaskContext,
     Worker,
 )
+from servers import Api, Server, database_for, serve
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     s = Server(database_for(request.param, tmp_path_factory.mktemp("db"))).start()
     yield s
     s.stop()

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 from pydantic_core import to_jsonable_python
 
@@ -470,18 +470,21 @@ class AsyncTaskContext(_Meta):
         """As :meth:`TaskContext.wait_all`."""
         return _failures(await self._a.wait(handles))
 
-    async def step(self, name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
+    @overload
+    async def step(self, name: str, fn: Callable[[], Awaitable[T]]) -> T: ...
+    @overload
+    async def step(self, name: str, fn: Callable[[], T]) -> T: ...
+    async def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """As :meth:`TaskContext.step`; ``fn`` may be a plain function or a coroutine
         function."""
         found, value = await self._a.get_step(name)
         if found:
-            return cast(T, value)
+            return value
         result = fn()
         if inspect.isawaitable(result):
             result = await result
-        out = cast(T, result)
-        await self._a.put_step(name, out)
-        return out
+        await self._a.put_step(name, result)
+        return result
 
     async def progress(self, value: Any) -> None:
         """As :meth:`TaskContext.progress`."""
