@@ -5,6 +5,9 @@ The SDK speaks dynatask's HTTP worker protocol (docs/http-api.md) to a ``dynatas
 
 from __future__ import annotations
 
+from ._convert import Duration, Instant
+from .aio import AsyncClient
+from .client import Client
 from .context import AsyncTaskContext, Child, TaskContext, TaskHandle
 from .errors import (
     AuthError,
@@ -19,26 +22,58 @@ from .errors import (
     UnreachableError,
     ValidationError,
 )
+from .models import (
+    AttemptRecord,
+    Event,
+    EventKind,
+    Job,
+    JobCounts,
+    JobInfo,
+    JobSpec,
+    JobState,
+    JobSummary,
+    Page,
+    TaskInfo,
+    TaskState,
+    TypeInfo,
+)
 from .outcome import Outcome
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "AsyncTaskContext",
+    "AttemptRecord",
     "AuthError",
     "Child",
     "ChildTaskFailedError",
+    "Client",
     "ConflictError",
+    "Duration",
     "DynataskError",
+    "Event",
+    "EventKind",
+    "Instant",
+    "Job",
+    "JobCounts",
+    "JobInfo",
+    "JobSpec",
+    "JobState",
+    "JobSummary",
     "NonRetryableError",
     "NotFoundError",
     "Outcome",
+    "Page",
     "PayloadTooLargeError",
     "StaleAttemptError",
     "TaskContext",
     "TaskFailedError",
     "TaskHandle",
+    "TaskInfo",
+    "TaskState",
+    "TypeInfo",
     "UnreachableError",
     "ValidationError",
     "Worker",

@@ -541,7 +541,13 @@ class Worker:
         flushing = self._side_flush is not None and not self._side_flush.done()
         if self._poll is not None and (self._completed or self._failed) and not flushing:
             assert self._loop is not None
-            self._side_flush = self._loop.create_task(self._flush(claim=0))
+            self._side_flush = self._loop.create_task(self._flush_beside_poll())
+
+    async def _flush_beside_poll(self) -> None:
+        # Outcomes that finish while this report is under way go in the next one, as long as
+        # the poll lasts (after it, the claim loop reports them with its next claim).
+        while self._poll is not None and (self._completed or self._failed):
+            await self._flush(claim=0)
 
     async def _flush(self, claim: int) -> None:
         assert self._flush_lock is not None
