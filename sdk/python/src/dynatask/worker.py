@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import typing
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from pydantic_core import to_jsonable_python
+from typing_extensions import TypedDict
 
 from . import _wire as w
 from ._transport import AsyncTransport
@@ -106,6 +108,27 @@ def _payload_adapter(fn: Callable[..., Any]) -> tuple[bool, pydantic.TypeAdapter
     return True, pydantic.TypeAdapter(ann)
 
 
+class _Outcome(TypedDict, total=False):
+    result: Any
+    error: w.ReportRequestFailedError
+    suspended: bool
+
+
+def _failed(a: Attempt, e: Exception) -> _Outcome:
+    # An error raised after the run suspended (the handler caught Suspend...) changes nothing.
+    return {"suspended": True} if a.suspended else {"error": task_error(e)}
+
+
+def _succeeded(a: Attempt, result: Any) -> _Outcome:
+    if a.suspended:
+        return {"suspended": True}
+    try:
+        return {"result": to_jsonable_python(result)}
+    except Exception as e:
+        message = f"result of task {a.id} is not JSON-serialisable: {e}"
+        return {"error": {"name": "InvalidResult", "message": message, "retryable": False}}
+
+
 def task_error(e: BaseException) -> w.ReportRequestFailedError:
     """What the server stores of an exception a handler raised."""
     out: w.ReportRequestFailedError = {
@@ -167,6 +190,9 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._poll: asyncio.Task[list[w.ClaimedTask]] | None = None
         self._side_flush: asyncio.Task[None] | None = None
+        self._outcomes_lock = threading.Lock()
+        self._thread_outcomes: list[tuple[_Entry, _Outcome]] = []
+        self._collecting = False
         self._flush_lock: asyncio.Lock | None = None
         self._started = False
         self._stop_requested = False
@@ -436,59 +462,64 @@ class Worker:
                     },
                 )
                 continue
-            entry.runner = self._loop.create_task(self._run(entry))
+            if handler.is_async:
+                entry.runner = self._loop.create_task(self._run(entry))
+            else:
+                assert self._executor is not None
+                self._executor.submit(self._run_in_thread, entry)
 
     async def _run(self, entry: _Entry) -> None:
+        """An ``async def`` handler's run, as a task on the loop."""
         h = entry.handler
         a = entry.attempt
         try:
-            if h.is_async:
-                ctx: Any = AsyncTaskContext(a)
-                entry.started = True
-                args = (ctx, entry.payload) if h.wants_payload else (ctx,)
-                result = await h.fn(*args)
-            else:
-                assert self._loop is not None
-                assert self._executor is not None
-                result = await self._loop.run_in_executor(self._executor, self._run_sync, entry)
+            entry.started = True
+            ctx = AsyncTaskContext(a)
+            result = await (h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx))
         except Suspend:
             self._finish(entry, suspended=True)
-            return
         except asyncio.CancelledError:
             # Aborted (cancelled, timed out, lease lost, the grace is over): nothing to report.
             self._finish(entry, suspended=a.suspended)
-            return
         except Exception as e:
-            if a.suspended:
-                self._finish(entry, suspended=True)
-            else:
-                self._finish(entry, error=task_error(e))
-            return
-        if a.suspended:
-            self._finish(entry, suspended=True)
-            return
-        try:
-            jsonable = to_jsonable_python(result)
-        except Exception as e:
-            self._finish(
-                entry,
-                error={
-                    "name": "InvalidResult",
-                    "message": f"result of task {a.id} is not JSON-serialisable: {e}",
-                    "retryable": False,
-                },
-            )
-            return
-        self._finish(entry, result=jsonable)
+            self._finish(entry, **_failed(a, e))
+        else:
+            self._finish(entry, **_succeeded(a, result))
 
-    def _run_sync(self, entry: _Entry) -> Any:
-        # On a worker thread.
+    def _run_in_thread(self, entry: _Entry) -> None:
+        """A plain handler's run, on a thread of the pool. Its outcome goes back to the loop
+        through a queue that the loop empties in one callback for every outcome ready then,
+        not in one wake-up of the loop per task."""
+        a = entry.attempt
+        outcome: _Outcome
         if entry.aborted is not None:
-            raise asyncio.CancelledError()
-        entry.started = True
-        ctx = TaskContext(entry.attempt)
-        h = entry.handler
-        return h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx)
+            outcome = {"suspended": a.suspended}
+        else:
+            entry.started = True
+            h = entry.handler
+            ctx = TaskContext(a)
+            try:
+                result = h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx)
+            except Suspend:
+                outcome = {"suspended": True}
+            except Exception as e:
+                outcome = _failed(a, e)
+            else:
+                outcome = _succeeded(a, result)
+        with self._outcomes_lock:
+            self._thread_outcomes.append((entry, outcome))
+            if self._collecting:
+                return
+            self._collecting = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        with self._outcomes_lock:
+            ready, self._thread_outcomes = self._thread_outcomes, []
+            self._collecting = False
+        for entry, outcome in ready:
+            self._finish(entry, **outcome)
 
     def _on_status(self, attempt: Attempt, status: str) -> None:
         # A heartbeat's answer other than "ok", from a ctx.heartbeat() on the loop.
