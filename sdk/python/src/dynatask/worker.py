@@ -129,6 +129,11 @@ def _succeeded(a: Attempt, result: Any) -> _Outcome:
         return {"error": {"name": "InvalidResult", "message": message, "retryable": False}}
 
 
+def _type_name(adapter: pydantic.TypeAdapter[Any]) -> str:
+    t = adapter.core_schema.get("cls")
+    return getattr(t, "__qualname__", None) or str(adapter).removeprefix("TypeAdapter")
+
+
 def task_error(e: BaseException) -> w.ReportRequestFailedError:
     """What the server stores of an exception a handler raised."""
     out: w.ReportRequestFailedError = {
@@ -294,7 +299,15 @@ class Worker:
                 "namespace": self.namespace,
                 "types": [h.settings for h in self._handlers.values()],
             }
-            await self._transport.call("POST", "/v1/worker/types", types)
+            # Until the server answers (the transport tries for a while), a stop still stops.
+            register = loop.create_task(self._transport.call("POST", "/v1/worker/types", types))
+            stopped = loop.create_task(self._stopping.wait())
+            await asyncio.wait({register, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not register.done():
+                register.cancel()
+                return
+            register.result()
             self.ready = True
             await self._claim_loop()
             await self._drain()
@@ -445,19 +458,20 @@ class Worker:
             timeout_ms = t.get("timeoutMs")
             if isinstance(timeout_ms, int):
                 entry.timer = self._loop.call_later(timeout_ms / 1000, self._timed_out, entry)
+            adapter = handler.adapter
             try:
                 entry.payload = (
-                    handler.adapter.validate_python(attempt.payload)
-                    if handler.adapter is not None
-                    else attempt.payload
+                    attempt.payload if adapter is None else adapter.validate_python(attempt.payload)
                 )
             except pydantic.ValidationError as e:
+                assert adapter is not None
+                what = f"the payload of {handler.type} task {attempt.id}"
+                what += f" is no {_type_name(adapter)}"
                 self._finish(
                     entry,
                     error={
                         "name": "PayloadValidationError",
-                        "message": f"the payload of {handler.type} task {attempt.id} does not "
-                        f"validate as {handler.adapter!r}: {e}"[:MAX_TEXT],
+                        "message": f"{what}: {e}"[:MAX_TEXT],
                         "retryable": False,
                     },
                 )
