@@ -139,6 +139,9 @@ class Suspend(BaseException):
         )
 
 
+_EVENTS = threading.Lock()
+
+
 class Attempt:
     """One attempt of a task as the worker holds it: its token, its spawn numbering, whether
     it was aborted; the protocol calls every context makes, as coroutines on the worker's
@@ -164,10 +167,27 @@ class Attempt:
         self.payload: Any = task.get("payload")
         self.lease_ms = lease_ms
         self.on_status = on_status
-        self.cancelled = threading.Event()
+        self._cancelled: threading.Event | None = None
+        self.aborted = False
         self.suspended = False
         self._next_seq = 0
         self._free_seqs: list[int] = []
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Made when first asked for: most handlers never look, and an Event per task costs."""
+        with _EVENTS:
+            if self._cancelled is None:
+                self._cancelled = threading.Event()
+                if self.aborted:
+                    self._cancelled.set()
+            return self._cancelled
+
+    def abort(self) -> None:
+        with _EVENTS:
+            self.aborted = True
+            if self._cancelled is not None:
+                self._cancelled.set()
 
     @property
     def ref(self) -> w.HeartbeatRequestItem:

@@ -391,7 +391,7 @@ class Worker:
             want = self._want()
             if self._completed or self._failed:
                 # Outcomes and the next claim in one round trip: freed slots refill at once.
-                await self._flush(claim=want)
+                await self._flush(claim=True)
                 continue
             if want <= 0:
                 await self._wake.wait()
@@ -546,7 +546,7 @@ class Worker:
         if entry.aborted is not None:
             return
         entry.aborted = why
-        entry.attempt.cancelled.set()
+        entry.attempt.abort()
         if entry.handler.is_async and entry.runner is not None:
             entry.runner.cancel()
 
@@ -591,9 +591,9 @@ class Worker:
         # Outcomes that finish while this report is under way go in the next one, as long as
         # the poll lasts (after it, the claim loop reports them with its next claim).
         while self._poll is not None and (self._completed or self._failed):
-            await self._flush(claim=0)
+            await self._flush(claim=False)
 
-    async def _flush(self, claim: int) -> None:
+    async def _flush(self, claim: bool) -> None:
         assert self._flush_lock is not None
         async with self._flush_lock:
             await asyncio.sleep(0)  # outcomes of this turn join the batch
@@ -601,7 +601,9 @@ class Worker:
             self._completed, self._failed = [], []
             if not completed and not failed:
                 return
-            want = claim if self._poll is None else 0
+            # The slots these outcomes free count: they are refilled in the same round trip.
+            free = self.concurrency - len(self._running) + len(completed) + len(failed)
+            want = min(free, self.batch_size) if claim and self._poll is None else 0
             await self._report(completed, failed, want)
 
     async def _report(
@@ -713,7 +715,7 @@ class Worker:
         deadline = time.monotonic() + self.grace
         while self._running or self._completed or self._failed:
             if self._completed or self._failed:
-                await self._flush(claim=0)
+                await self._flush(claim=False)
                 continue
             left = deadline - time.monotonic()
             if left <= 0 or self.grace <= 0:
@@ -739,7 +741,7 @@ class Worker:
                 )
             )
         if self._failed or self._completed:
-            await self._flush(claim=0)
+            await self._flush(claim=False)
         if late:
             log.warning("dynatask worker: %d handlers still running after the grace", len(late))
 
