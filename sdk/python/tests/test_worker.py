@@ -308,3 +308,38 @@ def test_total_and_per_type_concurrency(server: ServerProcess, api: Api, ns: str
     assert peak["all"] == 3
     assert peak["b"] == 1
     assert peak["a"] >= 2
+
+
+def test_a_stopping_worker_releases_what_it_did_not_start(
+    server: ServerProcess, api: Api, ns: str
+) -> None:
+    # One thread: the first task times out but its handler keeps the thread (Python cannot
+    # stop a thread), so the second task, claimed into the freed slot, waits unstarted.
+    hold = threading.Event()
+    w = Worker(server.url, namespace=ns, concurrency=1)
+
+    @w.task("hog", timeout=0.2, max_attempts=1)
+    def hog(ctx: TaskContext) -> None:
+        hold.wait(30)
+
+    @w.task("next")
+    def nxt(ctx: TaskContext) -> int:
+        return ctx.attempt
+
+    try:
+        for _ in serve(w):
+            hog_job = api.submit("hog", namespace=ns)
+            assert api.settled(hog_job)["error"]["name"] == "TimeoutError"
+            job = api.submit("next", namespace=ns)
+            root = api.job(job)["rootTaskId"]
+            api.until("next claimed", lambda r=root: api.task(r)["state"] == "running")
+    finally:
+        hold.set()
+    task = api.task(root)
+    assert task["state"] == "queued", "given back at once, not left to its lease"
+    assert task["workerId"] is None
+    w2 = Worker(server.url, namespace=ns)
+    w2.task("next")(nxt)
+    for _ in serve(w2):
+        done = api.settled(job)
+    assert done["result"] == 1, "the release counted no attempt"
