@@ -343,3 +343,25 @@ def test_a_stopping_worker_releases_what_it_did_not_start(
     for _ in serve(w2):
         done = api.settled(job)
     assert done["result"] == 1, "the release counted no attempt"
+
+
+def test_a_spawn_bigger_than_one_request(server: ServerProcess, api: Api, ns: str) -> None:
+    n = 5001  # two requests of the worker (5,000 children each at most)
+    runs: list[int] = []
+    w = Worker(server.url, namespace=ns, concurrency=64)
+
+    @w.task("wide")
+    async def wide(ctx: AsyncTaskContext) -> int:
+        kids = await ctx.spawn_many([Child("one", i) for i in range(n)])
+        runs.append(len({k.id for k in kids}))
+        return sum(await ctx.wait_all(kids))
+
+    @w.task("one")
+    async def one(ctx: AsyncTaskContext, payload: int) -> int:
+        return payload
+
+    for _ in serve(w):
+        job = api.settled(api.submit("wide", namespace=ns), timeout=120)
+    assert job["result"] == n * (n - 1) // 2
+    assert runs == [n, n]
+    assert api.job(job["id"])["total"] == n + 1
