@@ -242,10 +242,10 @@ def test_a_timeout_fails_the_attempt(server: ServerProcess, api: Api, ns: str) -
 WORKER_SCRIPT = Path(__file__).parent / "fixtures" / "drain_worker.py"
 
 
-def test_sigterm_drains(server: ServerProcess, api: Api, ns: str, tmp_path: Path) -> None:
-    gate = tmp_path / "started"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_drains(server: ServerProcess, api: Api, ns: str, sig: signal.Signals) -> None:
     p = subprocess.Popen(
-        [sys.executable, str(WORKER_SCRIPT), server.url, ns, str(gate)],
+        [sys.executable, str(WORKER_SCRIPT), server.url, ns],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -256,7 +256,7 @@ def test_sigterm_drains(server: ServerProcess, api: Api, ns: str, tmp_path: Path
         assert p.stdout.readline().strip() == "ready"
         job_id = api.submit("drain", {"seconds": 1.0}, namespace=ns)
         assert p.stdout.readline().strip() == "started"
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 0, out
         assert "finished" in out
