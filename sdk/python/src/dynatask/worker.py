@@ -506,10 +506,13 @@ class Worker:
         not in one wake-up of the loop per task."""
         a = entry.attempt
         outcome: _Outcome
-        if entry.aborted is not None:
+        with self._outcomes_lock:
+            # Under the lock a drain reads it with: a task it gives back never starts here.
+            run = entry.aborted is None
+            entry.started = run
+        if not run:
             outcome = {"suspended": a.suspended}
         else:
-            entry.started = True
             h = entry.handler
             ctx = TaskContext(a)
             try:
@@ -706,9 +709,14 @@ class Worker:
         their outcomes are reported; what never started is given back."""
         assert self._wake is not None
         assert self._loop is not None
-        unstarted = [e for e in self._running.values() if not e.started and not e.done]
+        with self._outcomes_lock:
+            unstarted = [e for e in self._running.values() if not e.started and not e.done]
+            for e in unstarted:
+                e.aborted = "released"
         for e in unstarted:
-            self._abort(e, "released")
+            e.attempt.abort()
+            if e.runner is not None:
+                e.runner.cancel()
             self._running.pop(e.key, None)
         if unstarted:
             await self._release([e.key for e in unstarted])
