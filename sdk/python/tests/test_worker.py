@@ -365,3 +365,46 @@ def test_a_spawn_bigger_than_one_request(server: ServerProcess, api: Api, ns: st
     assert job["result"] == n * (n - 1) // 2
     assert runs == [n, n]
     assert api.job(job["id"])["total"] == n + 1
+
+
+def test_a_lost_lease_aborts_only_that_attempt(server: ServerProcess, api: Api, ns: str) -> None:
+    # The victim's attempt stops holding its task (here: given back with its token, as a
+    # server does when the lease expires and another attempt takes over); the worker's next
+    # heartbeat learns it and aborts that attempt alone.
+    first: dict[str, Any] = {}
+    started = {"victim": threading.Event(), "bystander": threading.Event()}
+    lost = threading.Event()
+    finish_bystander = threading.Event()
+    w = Worker(server.url, namespace=ns, concurrency=4)
+
+    @w.task("victim")
+    def victim(ctx: TaskContext) -> str:
+        if not first:
+            first.update(id=ctx.task_id, token=ctx.token)
+            started["victim"].set()
+            if ctx.cancelled.wait(30):
+                lost.set()
+            return "first run"
+        return "second run"
+
+    @w.task("bystander")
+    def bystander(ctx: TaskContext) -> str:
+        started["bystander"].set()
+        finish_bystander.wait(30)
+        return "untouched" if not ctx.cancelled.is_set() else "aborted too"
+
+    for _ in serve(w):
+        v = api.submit("victim", namespace=ns)
+        b = api.submit("bystander", namespace=ns)
+        assert started["victim"].wait(20)
+        assert started["bystander"].wait(20)
+        r = api.t.call("POST", "/v1/worker/release", {"items": [first]})
+        assert r["items"] == ["ok"]
+        assert lost.wait(10), "the heartbeat's answer aborted the attempt"
+        finish_bystander.set()
+        assert api.settled(v)["result"] == "second run", (
+            "its outcome was dropped, the task ran again"
+        )
+        done = api.settled(b)
+    assert done["result"] == "untouched"
+    assert api.task(done["rootTaskId"])["attempt"] == 1
