@@ -103,6 +103,11 @@ def _payload_adapter(fn: Callable[..., Any]) -> tuple[bool, pydantic.TypeAdapter
     except Exception:
         hints = {}
     ann = hints.get(params[1].name, params[1].annotation)
+    if isinstance(ann, str):
+        raise ValidationError(
+            f"handler {fn.__qualname__}: its payload annotation {ann!r} does not resolve "
+            "(define the type at module level, or annotate the payload `dict[str, Any]`)"
+        )
     if ann in (inspect.Parameter.empty, Any, object, dict) or typing.get_origin(ann) is dict:
         return True, None
     return True, pydantic.TypeAdapter(ann)
