@@ -10,6 +10,13 @@ const steps = [
   ['type-check (tsc)', 'npx', ['tsc', '--noEmit', '-p', '.']],
   ['build (tsc)', 'npm', ['run', 'build']],
   ['TypeScript tests (vitest), on SQLite and PostgreSQL', 'npx', ['vitest', 'run'], { postgres: true }],
+  // .venv made and the SDK installed if needed; ruff, mypy --strict, pytest on both stores.
+  [
+    'Python SDK (ruff, mypy, pytest), on SQLite and PostgreSQL',
+    'node',
+    ['scripts/python.mjs'],
+    { postgres: true },
+  ],
   // The served OpenAPI document against the server's behaviour (bounded: under 3 minutes).
   ['contract (Schemathesis against openapi.json)', 'node', ['scripts/schemathesis.mjs']],
 ];
