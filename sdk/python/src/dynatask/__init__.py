@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._convert import Duration, Instant
 from .aio import AsyncClient
 from .client import Client
+from .context import AsyncTaskContext, Child, TaskContext, TaskHandle
 from .errors import (
     AuthError,
     ChildTaskFailedError,
@@ -37,13 +38,16 @@ from .models import (
     TypeInfo,
 )
 from .outcome import Outcome
+from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncTaskContext",
     "AttemptRecord",
     "AuthError",
+    "Child",
     "ChildTaskFailedError",
     "Client",
     "ConflictError",
@@ -64,11 +68,14 @@ __all__ = [
     "Page",
     "PayloadTooLargeError",
     "StaleAttemptError",
+    "TaskContext",
     "TaskFailedError",
+    "TaskHandle",
     "TaskInfo",
     "TaskState",
     "TypeInfo",
     "UnreachableError",
     "ValidationError",
+    "Worker",
     "__version__",
 ]

@@ -1,0 +1,687 @@
+"""The worker: serves task types of a dynatask server from this process.
+
+One asyncio core claims batches of tasks with long polls, reports each batch of outcomes
+together with the next claim in one request (one transaction on the server), and renews the
+leases of every attempt it holds in one batched heartbeat. Plain (``def``) handlers run on a
+thread pool, ``async def`` handlers on the event loop. It behaves on the wire like the
+TypeScript remote worker (src/engine/worker.ts over src/client/http-port.ts).
+
+    worker = Worker("http://127.0.0.1:7077")
+
+    @worker.task("resize", max_attempts=5, timeout=60)
+    def resize(ctx: TaskContext, payload: Resize) -> dict[str, int]:
+        ...
+
+    worker.run()   # until SIGTERM or SIGINT, then drains
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import typing
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pydantic
+from pydantic_core import to_jsonable_python
+
+from ._transport import AsyncTransport
+from .context import AsyncTaskContext, Attempt, Seconds, Suspend, TaskContext, to_ms
+from .errors import ChildTaskFailedError, DynataskError, NonRetryableError, ValidationError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("dynatask.worker")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_TEXT = 100_000
+"""Longest error message or stack sent (the server's bound)."""
+REPORT_BYTES = 512 * 1024
+"""Bytes of outcomes per report request: well within the server's default body limit."""
+REPORT_RETRY_FOR = 120.0
+"""How long outcomes whose report failed are tried again before their leases decide."""
+DEFAULT_LEASE_MS = 30_000
+CANCEL_POLL = 1.0
+"""While handlers run, heartbeats go at least this often: they also bring cancellations."""
+
+
+@dataclass
+class _Handler:
+    type: str
+    fn: Callable[..., Any]
+    is_async: bool
+    wants_payload: bool
+    adapter: pydantic.TypeAdapter[Any] | None
+    settings: dict[str, Any]
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One attempt this worker holds, keyed by ``(task id, token)``."""
+
+    attempt: Attempt
+    handler: _Handler
+    runner: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    started: bool = False
+    done: bool = False
+    aborted: str | None = None
+    payload: Any = field(default=None)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.attempt.id, self.attempt.token)
+
+
+def _payload_adapter(fn: Callable[..., Any]) -> tuple[bool, pydantic.TypeAdapter[Any] | None]:
+    """Whether the handler takes a payload, and the validator its annotation declares (a
+    dataclass, a pydantic model, a TypedDict...); none for ``dict``, ``Any`` or no annotation."""
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) < 2:
+        return False, None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    ann = hints.get(params[1].name, params[1].annotation)
+    if ann in (inspect.Parameter.empty, Any, object, dict) or typing.get_origin(ann) is dict:
+        return True, None
+    return True, pydantic.TypeAdapter(ann)
+
+
+def task_error(e: BaseException) -> dict[str, Any]:
+    """What the server stores of an exception a handler raised."""
+    out: dict[str, Any] = {
+        "name": type(e).__name__[:200],
+        "message": (str(e) or repr(e))[:MAX_TEXT],
+        "stack": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-MAX_TEXT:],
+    }
+    # A child's failure is final, and bad input to a ctx call is a bug in the handler: a re-run
+    # would fail the same way (as in TypeScript).
+    if isinstance(e, NonRetryableError | ChildTaskFailedError | ValidationError):
+        out["retryable"] = False
+    return out
+
+
+class Worker:
+    """Serves the task types registered with :meth:`task`.
+
+    ``concurrency`` is the number of handlers running at once in this process (the thread
+    pool's size too); a type's ``concurrency`` (in :meth:`task`) is a limit across every
+    worker of the namespace, kept by the server. ``lease`` (seconds) is asked for with claims
+    and heartbeats; by default the server's ``--lease-ms`` applies. On SIGTERM or SIGINT,
+    :meth:`run` drains: it stops claiming, lets running handlers finish within ``grace``
+    seconds, gives back what was claimed but not started, and tells the server it stopped.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        namespace: str = "default",
+        concurrency: int = 16,
+        lease: Seconds | None = None,
+        grace: Seconds = 30.0,
+        batch_size: int | None = None,
+        long_poll: Seconds = 10.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValidationError("concurrency must be 1 or more")
+        self.url = url
+        self.token = token
+        self.namespace = namespace
+        self.concurrency = concurrency
+        self.batch_size = min(1000, batch_size or concurrency)
+        self.lease_ms = None if lease is None else to_ms(lease, "lease")
+        self.grace = to_ms(grace, "grace") / 1000
+        self.long_poll_ms = min(30_000, to_ms(long_poll, "long_poll"))
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
+        self._handlers: dict[str, _Handler] = {}
+        self._running: dict[tuple[str, int], _Entry] = {}
+        self._completed: list[tuple[_Entry, Any]] = []
+        self._failed: list[tuple[_Entry, dict[str, Any]]] = []
+        self._granted_lease_ms: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: AsyncTransport | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._poll: asyncio.Task[list[dict[str, Any]]] | None = None
+        self._side_flush: asyncio.Task[None] | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self._started = False
+        self._stop_requested = False
+        self.ready = False
+        """True once the worker has registered its types and claims."""
+
+    # ------------------------------------------------------------------ registration
+
+    def task(
+        self,
+        type: str,
+        *,
+        concurrency: int | None = None,
+        max_attempts: int | None = None,
+        backoff: Seconds | None = None,
+        max_backoff: Seconds | None = None,
+        timeout: Seconds | None = None,
+    ) -> Callable[[F], F]:
+        """Registers the decorated function as the handler of ``type``.
+
+        The handler takes ``(ctx, payload)`` (or only ``ctx``): a :class:`TaskContext` for a
+        plain function, an :class:`AsyncTaskContext` for an ``async def``. The payload arrives
+        as JSON (a dict...), or validated into what its annotation declares (a dataclass, a
+        pydantic model...); a payload that does not validate fails the task without retries.
+        What it returns (JSON, a dataclass or a model) is the task's result; what it raises
+        fails the attempt (:class:`~dynatask.NonRetryableError`: no further attempts).
+
+        The settings are the type's, shared by every worker of the namespace (the last
+        registration holds): ``concurrency`` (tasks of the type running at once across all
+        workers), ``max_attempts``, ``backoff`` and ``max_backoff`` (seconds), and ``timeout``
+        (seconds per attempt).
+        """
+        if self._started:
+            raise ValidationError("task(): register handlers before the worker starts")
+        if not isinstance(type, str) or not type:
+            raise ValidationError("task type must be a non-empty string")
+        settings: dict[str, Any] = {"type": type}
+        if concurrency is not None:
+            settings["concurrency"] = concurrency
+        if max_attempts is not None:
+            settings["maxAttempts"] = max_attempts
+        if backoff is not None:
+            settings["backoffMs"] = to_ms(backoff, "backoff")
+        if max_backoff is not None:
+            settings["maxBackoffMs"] = to_ms(max_backoff, "max_backoff")
+        if timeout is not None:
+            settings["timeoutMs"] = to_ms(timeout, "timeout")
+
+        def register(fn: F) -> F:
+            wants, adapter = _payload_adapter(fn)
+            self._handlers[type] = _Handler(
+                type, fn, inspect.iscoroutinefunction(fn), wants, adapter, settings
+            )
+            return fn
+
+        return register
+
+    @property
+    def types(self) -> list[str]:
+        return list(self._handlers)
+
+    @property
+    def busy(self) -> int:
+        """Attempts this worker holds now."""
+        return len(self._running)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Serves until SIGTERM or SIGINT (or :meth:`stop`), then drains. Blocking."""
+        asyncio.run(self.serve())
+
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """Serves on the running event loop until :meth:`stop` (or, with ``handle_signals``
+        in the main thread, SIGTERM or SIGINT), then drains."""
+        if self._started:
+            raise RuntimeError("the worker is already serving")
+        if not self._handlers:
+            raise ValidationError("no handlers: register some with @worker.task(type)")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._transport = AsyncTransport(self.url, token=self.token)
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dynatask")
+        signals: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    signals.append(sig)
+        if self._stop_requested:
+            self._stopping.set()
+        heartbeat = loop.create_task(self._heartbeat_loop())
+        try:
+            await self._transport.call(
+                "POST",
+                "/v1/worker/types",
+                {
+                    "namespace": self.namespace,
+                    "types": [h.settings for h in self._handlers.values()],
+                },
+            )
+            self.ready = True
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            with contextlib.suppress(Exception):
+                await self._transport.call(
+                    "POST",
+                    "/v1/worker/stop",
+                    {"workerId": self.worker_id},
+                    retry_for=2.0,
+                    timeout=2.0,
+                )
+            await self._transport.aclose()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.ready = False
+
+    def stop(self) -> None:
+        """Asks the worker to drain and return from :meth:`run`/:meth:`serve`. Thread-safe."""
+        self._stop_requested = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._begin_stop()
+        else:
+            loop.call_soon_threadsafe(self._begin_stop)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping is not None and self._stopping.is_set():
+            log.warning("%s again: stopping now, without waiting for handlers", sig.name)
+            self.grace = 0.0
+            assert self._wake is not None
+            self._wake.set()
+            return
+        log.info("%s: draining (grace %.1f s)", sig.name, self.grace)
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        assert self._stopping is not None
+        assert self._wake is not None
+        self._stopping.set()
+        if self._poll is not None:
+            # Closing the long poll's request: the server releases a claim whose client hung up.
+            self._poll.cancel()
+        self._wake.set()
+
+    @property
+    def _lease(self) -> int:
+        return self.lease_ms or self._granted_lease_ms or DEFAULT_LEASE_MS
+
+    def _claim_body(self, limit: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "namespace": self.namespace,
+            "types": self.types,
+            "limit": min(limit, 1000),
+            "workerId": self.worker_id,
+            # Repeated by the transport after a lost answer, it gets the same tasks back.
+            "claimId": str(uuid.uuid4()),
+        }
+        if self.lease_ms is not None:
+            body["leaseMs"] = self.lease_ms
+        return body
+
+    def _want(self) -> int:
+        return min(self.concurrency - len(self._running), self.batch_size)
+
+    async def _claim_loop(self) -> None:
+        assert self._stopping is not None
+        assert self._wake is not None
+        assert self._transport
+        failures = 0
+        while not self._stopping.is_set():
+            want = self._want()
+            if self._completed or self._failed:
+                # Outcomes and the next claim in one round trip: freed slots refill at once.
+                await self._flush(claim=want)
+                continue
+            if want <= 0:
+                await self._wake.wait()
+                self._wake.clear()
+                # Let every handler finishing in this turn join the batch.
+                await asyncio.sleep(0)
+                continue
+            body = {**self._claim_body(want), "waitMs": self.long_poll_ms}
+            self._poll = asyncio.ensure_future(self._post_claim(body))
+            try:
+                tasks = await self._poll
+                failures = 0
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    break
+                raise
+            except Exception as e:
+                failures += 1
+                log.error("dynatask worker: claim failed: %s", e)
+                if isinstance(e, DynataskError) and 400 <= e.status < 500 and e.status != 408:
+                    raise
+                await self._sleep_or_stop(min(5.0, 0.1 * 2**failures))
+                continue
+            finally:
+                self._poll = None
+            self._start(tasks)
+
+    async def _post_claim(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self._transport is not None
+        r = await self._transport.call("POST", "/v1/worker/claim", body)
+        return list(r["tasks"])
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _note_lease(self, tasks: list[dict[str, Any]]) -> None:
+        if tasks:
+            t = tasks[0]
+            started, expires = t.get("startedAt"), t.get("leaseExpiresAt")
+            if isinstance(started, int) and isinstance(expires, int) and expires > started:
+                self._granted_lease_ms = expires - started
+
+    def _start(self, tasks: list[dict[str, Any]]) -> None:
+        assert self._stopping is not None
+        assert self._loop is not None
+        assert self._transport
+        self._note_lease(tasks)
+        if self._stopping.is_set():
+            if tasks:
+                self._loop.create_task(
+                    self._release([(str(t["id"]), int(t["token"])) for t in tasks])
+                )
+            return
+        for t in tasks:
+            handler = self._handlers.get(str(t["type"]))
+            attempt = Attempt(self._transport, self._loop, t, self.lease_ms, self._on_status)
+            if handler is None:  # not one of ours: give it back
+                self._loop.create_task(self._release([(attempt.id, attempt.token)]))
+                continue
+            entry = _Entry(attempt, handler)
+            self._running[entry.key] = entry
+            timeout_ms = t.get("timeoutMs")
+            if isinstance(timeout_ms, int):
+                entry.timer = self._loop.call_later(timeout_ms / 1000, self._timed_out, entry)
+            try:
+                entry.payload = (
+                    handler.adapter.validate_python(attempt.payload)
+                    if handler.adapter is not None
+                    else attempt.payload
+                )
+            except pydantic.ValidationError as e:
+                self._finish(
+                    entry,
+                    error={
+                        "name": "PayloadValidationError",
+                        "message": f"the payload of {handler.type} task {attempt.id} does not "
+                        f"validate as {handler.adapter!r}: {e}"[:MAX_TEXT],
+                        "retryable": False,
+                    },
+                )
+                continue
+            entry.runner = self._loop.create_task(self._run(entry))
+
+    async def _run(self, entry: _Entry) -> None:
+        h = entry.handler
+        a = entry.attempt
+        try:
+            if h.is_async:
+                ctx: Any = AsyncTaskContext(a)
+                entry.started = True
+                args = (ctx, entry.payload) if h.wants_payload else (ctx,)
+                result = await h.fn(*args)
+            else:
+                assert self._loop is not None
+                assert self._executor is not None
+                result = await self._loop.run_in_executor(self._executor, self._run_sync, entry)
+        except Suspend:
+            self._finish(entry, suspended=True)
+            return
+        except asyncio.CancelledError:
+            # Aborted (cancelled, timed out, lease lost, the grace is over): nothing to report.
+            self._finish(entry, suspended=a.suspended)
+            return
+        except Exception as e:
+            if a.suspended:
+                self._finish(entry, suspended=True)
+            else:
+                self._finish(entry, error=task_error(e))
+            return
+        if a.suspended:
+            self._finish(entry, suspended=True)
+            return
+        try:
+            jsonable = to_jsonable_python(result)
+        except Exception as e:
+            self._finish(
+                entry,
+                error={
+                    "name": "InvalidResult",
+                    "message": f"result of task {a.id} is not JSON-serialisable: {e}",
+                    "retryable": False,
+                },
+            )
+            return
+        self._finish(entry, result=jsonable)
+
+    def _run_sync(self, entry: _Entry) -> Any:
+        # On a worker thread.
+        if entry.aborted is not None:
+            raise asyncio.CancelledError()
+        entry.started = True
+        ctx = TaskContext(entry.attempt)
+        h = entry.handler
+        return h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx)
+
+    def _on_status(self, attempt: Attempt, status: str) -> None:
+        # A heartbeat's answer other than "ok", from a ctx.heartbeat() on the loop.
+        entry = self._running.get((attempt.id, attempt.token))
+        if entry is not None:
+            self._abort(entry, status)
+
+    def _abort(self, entry: _Entry, why: str) -> None:
+        """Ends one attempt here: cancelled, lease lost, timed out, or the grace is over."""
+        if entry.aborted is not None:
+            return
+        entry.aborted = why
+        entry.attempt.cancelled.set()
+        if entry.handler.is_async and entry.runner is not None:
+            entry.runner.cancel()
+
+    def _timed_out(self, entry: _Entry) -> None:
+        if entry.done:
+            return
+        timeout = entry.attempt
+        self._abort(entry, "timeout")
+        err = TimeoutError(f"attempt {timeout.attempt} of task {timeout.id} timed out")
+        self._finish(entry, error={"name": "TimeoutError", "message": str(err)})
+
+    def _finish(
+        self,
+        entry: _Entry,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        suspended: bool = False,
+    ) -> None:
+        assert self._wake is not None
+        if entry.done:
+            return
+        entry.done = True
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if suspended or (entry.aborted is not None and entry.aborted != "timeout"):
+            # Suspended, or the server rejects this attempt's outcome anyway.
+            self._running.pop(entry.key, None)
+        elif error is not None:
+            self._failed.append((entry, error))
+        else:
+            self._completed.append((entry, result))
+        self._wake.set()
+        # A long poll is in flight (no work was ready): outcomes go without a claim, and work
+        # they make ready answers that poll.
+        flushing = self._side_flush is not None and not self._side_flush.done()
+        if self._poll is not None and (self._completed or self._failed) and not flushing:
+            assert self._loop is not None
+            self._side_flush = self._loop.create_task(self._flush(claim=0))
+
+    async def _flush(self, claim: int) -> None:
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            await asyncio.sleep(0)  # outcomes of this turn join the batch
+            completed, failed = self._completed, self._failed
+            self._completed, self._failed = [], []
+            if not completed and not failed:
+                return
+            want = claim if self._poll is None else 0
+            await self._report(completed, failed, want)
+
+    async def _report(
+        self,
+        completed: list[tuple[_Entry, Any]],
+        failed: list[tuple[_Entry, dict[str, Any]]],
+        claim: int,
+    ) -> None:
+        assert self._transport is not None
+        assert self._stopping is not None
+        # Within the server's limits (1000 items a list, its body limit): a big batch goes in
+        # several requests, the claim with the last.
+        chunks: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], [])]
+        size = 0
+        for items, which in (
+            ([{**e.attempt.ref, "result": r} for e, r in completed], 0),
+            ([{**e.attempt.ref, "error": err} for e, err in failed], 1),
+        ):
+            for item in items:
+                n = len(str(item))
+                c = chunks[-1]
+                if len(c[0]) + len(c[1]) >= 1000 or (size + n > REPORT_BYTES and (c[0] or c[1])):
+                    chunks.append(([], []))
+                    size = 0
+                chunks[-1][which].append(item)
+                size += n
+        since = time.monotonic()
+        tries = 0
+        for i, (done, fails) in enumerate(chunks):
+            body: dict[str, Any] = {"completed": done}
+            if fails:
+                body["failed"] = fails
+            last = i == len(chunks) - 1
+            if last and claim > 0 and not self._stopping.is_set():
+                body["claim"] = self._claim_body(claim)
+            while True:
+                try:
+                    r = await self._transport.call("POST", "/v1/worker/report", body)
+                    break
+                except DynataskError as e:
+                    retry = e.status == 0 or e.status >= 500 or e.status in (408, 429)
+                    if not retry or time.monotonic() - since > REPORT_RETRY_FOR:
+                        log.error(
+                            "dynatask worker: outcomes not stored (%s); their leases decide", e
+                        )
+                        r = {"tasks": []}
+                        break
+                    log.warning("dynatask worker: report failed, trying again: %s", e)
+                    tries += 1
+                    await asyncio.sleep(min(5.0, 0.1 * 2**tries))
+                    body.pop("claim", None)
+            for item in done + fails:
+                self._running.pop((item["id"], item["token"]), None)
+            self._start(list(r.get("tasks") or []))
+
+    async def _release(self, refs: list[tuple[str, int]]) -> None:
+        assert self._transport is not None
+        for i in range(0, len(refs), 1000):
+            items = [{"id": t, "token": k} for t, k in refs[i : i + 1000]]
+            try:
+                await self._transport.call("POST", "/v1/worker/release", {"items": items})
+            except Exception as e:
+                log.error("dynatask worker: release failed (their leases decide): %s", e)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            lease = self._lease
+            await asyncio.sleep(max(0.05, min(lease / 3000, CANCEL_POLL)))
+            entries = list(self._running.values())
+            if not entries:
+                continue
+            body: dict[str, Any] = {"items": [e.attempt.ref for e in entries]}
+            if self.lease_ms is not None:
+                body["leaseMs"] = self.lease_ms
+            try:
+                assert self._transport is not None
+                r = await self._transport.call(
+                    "POST", "/v1/worker/heartbeat", body, retry_for=lease / 3000
+                )
+            except Exception as e:
+                log.error("dynatask worker: heartbeat failed: %s", e)
+                continue
+            # Each answer is about the attempt it was asked for, never a later one of the task.
+            for entry, status in zip(entries, r["items"], strict=False):
+                if status != "ok":
+                    self._abort(entry, str(status))
+
+    async def _drain(self) -> None:
+        """Stopping: no more claims; running handlers get ``grace`` seconds to finish and
+        their outcomes are reported; what never started is given back."""
+        assert self._wake is not None
+        assert self._loop is not None
+        unstarted = [e for e in self._running.values() if not e.started and not e.done]
+        for e in unstarted:
+            self._abort(e, "released")
+            self._running.pop(e.key, None)
+        if unstarted:
+            await self._release([e.key for e in unstarted])
+        deadline = time.monotonic() + self.grace
+        while self._running or self._completed or self._failed:
+            if self._completed or self._failed:
+                await self._flush(claim=0)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or self.grace <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+        late = [e for e in self._running.values() if not e.done]
+        for e in late:
+            # Failed (retryably) rather than left to their leases: retried sooner elsewhere.
+            self._abort(e, "grace")
+            e.done = True
+            if e.timer is not None:
+                e.timer.cancel()
+            self._failed.append(
+                (
+                    e,
+                    {
+                        "name": "WorkerStopped",
+                        "message": f"the worker stopped before the handler finished "
+                        f"(grace {self.grace:g} s)",
+                    },
+                )
+            )
+        if self._failed or self._completed:
+            await self._flush(claim=0)
+        if late:
+            log.warning("dynatask worker: %d handlers still running after the grace", len(late))
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.namespace} {sorted(self._handlers)} busy={self.busy}>"

@@ -1,0 +1,273 @@
+"""The Python worker against a real dynatask server, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from dynatask import (
+    AsyncTaskContext,
+    Child,
+    ChildTaskFailedError,
+    NonRetryableError,
+    TaskContext,
+    Worker,
+)
+from servers import Api, Server, database_for, serve
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    s = Server(database_for(request.param, tmp_path_factory.mktemp("db"))).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(server: Server) -> Api:
+    return Api(server.url)
+
+
+@pytest.fixture
+def ns() -> str:
+    """A namespace per test: its types and tasks are its own."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def test_spawn_and_resume_get_the_same_children(server: Server, api: Api, ns: str) -> None:
+    runs: list[list[str]] = []
+    w = Worker(server.url, namespace=ns, concurrency=4)
+
+    @w.task("root")
+    def root(ctx: TaskContext, payload: dict[str, Any]) -> int:
+        handles = [ctx.spawn("leaf", {"n": n}) for n in range(payload["n"])]
+        handles += ctx.spawn_many([Child("leaf", {"n": 10}, key="ten")])
+        runs.append([h.id for h in handles])
+        return sum(ctx.wait_all(handles))
+
+    @w.task("leaf")
+    async def leaf(ctx: AsyncTaskContext, payload: dict[str, Any]) -> int:
+        return int(payload["n"]) * 2
+
+    for _ in serve(w):
+        job = api.settled(api.submit("root", {"n": 3}, namespace=ns))
+    assert job["state"] == "succeeded", job
+    assert job["result"] == 2 * (0 + 1 + 2 + 10)
+    assert len(runs) == 2, "suspended once, re-run once"
+    assert runs[0] == runs[1], "the re-run got the same children"
+    tree = api.tree(job["id"])
+    assert sorted(t["key"] for t in tree if t["parentId"]) == ["#0", "#1", "#2", "ten"]
+
+
+def test_both_wait_shapes(server: Server, api: Api, ns: str) -> None:
+    w = Worker(server.url, namespace=ns)
+    seen: dict[str, Any] = {}
+
+    @w.task("settled")
+    async def settled(ctx: AsyncTaskContext) -> list[str]:
+        await ctx.spawn("ok", {"v": 1})
+        await ctx.spawn("bad", ignore_failure=True)
+        outcomes = await ctx.wait_all_settled()
+        seen["settled"] = outcomes
+        return [o.state for o in outcomes]
+
+    @w.task("strict")
+    def strict(ctx: TaskContext) -> None:
+        ctx.spawn("ok", {"v": 1})
+        ctx.spawn("bad")
+        try:
+            ctx.wait_all()
+        except ChildTaskFailedError as e:
+            seen["failures"] = e.failures
+            raise
+
+    @w.task("ok")
+    def ok(ctx: TaskContext, payload: dict[str, int]) -> int:
+        return payload["v"]
+
+    @w.task("bad")
+    def bad(ctx: TaskContext) -> None:
+        raise NonRetryableError("no")
+
+    for _ in serve(w):
+        a = api.settled(api.submit("settled", namespace=ns))
+        b = api.settled(api.submit("strict", namespace=ns))
+    assert a["state"] == "succeeded", a
+    assert a["result"] == ["succeeded", "failed"]
+    assert seen["settled"][0].result == 1
+    assert seen["settled"][1].error["name"] == "NonRetryableError"
+    assert b["state"] == "failed", b
+    assert b["error"]["name"] == "ChildTaskFailedError"
+    assert [o.state for o in seen["failures"]] == ["failed"]
+    # A child's failure is final: the parent is not retried.
+    assert api.task(b["rootTaskId"])["attempt"] == 1
+
+
+def test_steps_are_memoised_across_attempts_and_retries_back_off(
+    server: Server, api: Api, ns: str
+) -> None:
+    calls: list[int] = []
+    w = Worker(server.url, namespace=ns)
+
+    @w.task("flaky", max_attempts=3, backoff=0.05)
+    async def flaky(ctx: AsyncTaskContext) -> dict[str, int]:
+        async def once() -> int:
+            calls.append(ctx.attempt)
+            return 42
+
+        value = await ctx.step("once", once)
+        sync_value = await ctx.step("plain", lambda: 7)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+        return {"value": value, "plain": sync_value, "attempt": ctx.attempt}
+
+    for _ in serve(w):
+        job = api.settled(api.submit("flaky", namespace=ns))
+    assert job["state"] == "succeeded", job
+    assert job["result"] == {"value": 42, "plain": 7, "attempt": 3}
+    assert calls == [1]
+    info = api.task(job["rootTaskId"])
+    assert [a["error"]["message"] for a in info["attempts"]] == [
+        "attempt 1 fails",
+        "attempt 2 fails",
+    ]
+
+
+def test_progress_is_stored(server: Server, api: Api, ns: str) -> None:
+    w = Worker(server.url, namespace=ns)
+
+    @w.task("p")
+    def p(ctx: TaskContext) -> None:
+        ctx.progress({"done": 1, "of": 2})
+        ctx.progress({"done": 2, "of": 2})
+
+    for _ in serve(w):
+        job = api.settled(api.submit("p", namespace=ns))
+    assert job["state"] == "succeeded", job
+    assert api.task(job["rootTaskId"])["progress"] == {"done": 2, "of": 2}
+
+
+def test_cancellation_reaches_thread_and_coroutine_handlers(
+    server: Server, api: Api, ns: str
+) -> None:
+    started = {"sync": threading.Event(), "async": threading.Event()}
+    saw = {"sync": threading.Event(), "async": threading.Event()}
+    w = Worker(server.url, namespace=ns)
+
+    @w.task("sync")
+    def sync(ctx: TaskContext) -> None:
+        started["sync"].set()
+        if ctx.cancelled.wait(30):
+            saw["sync"].set()
+
+    @w.task("async")
+    async def coro(ctx: AsyncTaskContext) -> None:
+        started["async"].set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            saw["async"].set()
+            raise
+
+    for _ in serve(w):
+        jobs = {kind: api.submit(kind, namespace=ns) for kind in ("sync", "async")}
+        for kind, job_id in jobs.items():
+            assert started[kind].wait(20)
+            api.cancel(job_id)
+        for kind in jobs:
+            assert saw[kind].wait(10), f"the {kind} handler saw its cancellation"
+        for job_id in jobs.values():
+            assert api.settled(job_id)["state"] == "cancelled"
+
+
+@dataclass
+class Resize:
+    url: str
+    width: int
+
+
+class Crop(pydantic.BaseModel):
+    box: tuple[int, int, int, int]
+
+
+def test_payloads_are_validated_from_the_annotation(server: Server, api: Api, ns: str) -> None:
+    w = Worker(server.url, namespace=ns)
+
+    @w.task("resize", max_attempts=3)
+    def resize(ctx: TaskContext, payload: Resize) -> Resize:
+        assert isinstance(payload, Resize)
+        return Resize(payload.url, payload.width * 2)
+
+    @w.task("crop")
+    async def crop(ctx: AsyncTaskContext, payload: Crop) -> Crop:
+        assert isinstance(payload, Crop)
+        return payload
+
+    for _ in serve(w):
+        good = api.settled(api.submit("resize", {"url": "a.png", "width": 10}, namespace=ns))
+        model = api.settled(api.submit("crop", {"box": [0, 0, 4, 4]}, namespace=ns))
+        bad = api.settled(api.submit("resize", {"url": "a.png", "width": "wide"}, namespace=ns))
+    assert good["result"] == {"url": "a.png", "width": 20}
+    assert model["result"] == {"box": [0, 0, 4, 4]}
+    assert bad["state"] == "failed"
+    assert bad["error"]["name"] == "PayloadValidationError"
+    assert "width" in bad["error"]["message"]
+    assert api.task(bad["rootTaskId"])["attempt"] == 1, "not retried"
+
+
+def test_a_timeout_fails_the_attempt(server: Server, api: Api, ns: str) -> None:
+    w = Worker(server.url, namespace=ns)
+
+    @w.task("slow", timeout=0.3, max_attempts=1)
+    async def slow(ctx: AsyncTaskContext) -> None:
+        await asyncio.sleep(30)
+
+    for _ in serve(w):
+        job = api.settled(api.submit("slow", namespace=ns))
+    assert job["state"] == "failed"
+    assert job["error"]["name"] == "TimeoutError"
+
+
+WORKER_SCRIPT = Path(__file__).parent / "fixtures" / "drain_worker.py"
+
+
+def test_sigterm_drains(server: Server, api: Api, ns: str, tmp_path: Path) -> None:
+    gate = tmp_path / "started"
+    p = subprocess.Popen(
+        [sys.executable, str(WORKER_SCRIPT), server.url, ns, str(gate)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        job_id = api.submit("drain", {"seconds": 1.0}, namespace=ns)
+        assert p.stdout.readline().strip() == "started"
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 0, out
+        assert "finished" in out
+    finally:
+        if p.poll() is None:
+            p.kill()
+    job = api.settled(job_id)
+    assert job["state"] == "succeeded", job
+    assert api.task(job["rootTaskId"])["attempt"] == 1
+    served = api.t.call("GET", "/v1/types", params={"namespace": ns})["types"]
+    assert not any(t["served"] for t in served), "the worker told the server it stopped"
