@@ -7,8 +7,15 @@
  *
  * With --http, each run starts a dynatask server process on that database, and the workload's
  * process is one remote worker (and submitter) talking to it over HTTP (mode `http/<store>`).
+ *
+ * With --python (flat only), each workload runs three times, each on a fresh database behind a
+ * server process of its own: with the TypeScript remote worker as --http does, then with one
+ * Python worker process (sdk/python/bench/flat.py) whose handlers are plain functions
+ * (`python-sync/<store>`, on its thread pool) and coroutines (`python-async/<store>`). The
+ * Python is $DYNATASK_PYTHON, else the .venv at the repository root (`npm run test:python`
+ * creates it).
  */
-import { fork } from 'node:child_process';
+import { execFileSync, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -76,6 +83,10 @@ async function main() {
     )
     .option('--runs <n>', 'runs per workload; the median by seconds is reported', '1')
     .option('--http', 'through a dynatask server process: the workload runs as one remote worker')
+    .option(
+      '--python',
+      'flat also with one Python worker process (sync and async handlers), through a server',
+    )
     .parse();
   const opts = program.opts<{
     json?: boolean;
@@ -83,6 +94,7 @@ async function main() {
     database?: string;
     runs: string;
     http?: boolean;
+    python?: boolean;
   }>();
   const database = opts.database ?? process.env.DYNATASK_DATABASE_URL;
   const names = opts.only ? opts.only.split(',') : Object.keys(WORKLOADS);
@@ -91,9 +103,13 @@ async function main() {
     console.log(
       'workload  mode                 tasks    seconds  tasks/s   p50 ms  p99 ms  peak MB  db MB/M tasks',
     );
-  for (const name of names) {
+  if (opts.python && names.some((n) => n !== 'flat'))
+    throw new Error('--python runs the flat workload only (--only flat)');
+  const modes: Array<PythonMode | undefined> = opts.python ? [undefined, 'sync', 'async'] : [undefined];
+  for (const [name, python] of names.flatMap((n) => modes.map((m) => [n, m] as const))) {
     const runs: Row[] = [];
-    for (let i = 0; i < Number(opts.runs); i++) runs.push(await runOnce(name, database, opts.http ?? false));
+    for (let i = 0; i < Number(opts.runs); i++)
+      runs.push(await runOnce(name, database, (opts.http ?? false) || (opts.python ?? false), python));
     runs.sort((a, b) => a.seconds - b.seconds);
     const row = runs[Math.floor(runs.length / 2)]!;
     if (opts.json) console.log(JSON.stringify(row));
@@ -109,8 +125,13 @@ async function main() {
 }
 
 /** One run of a workload on a fresh database, measured, then deleted. */
-async function runOnce(name: string, database: string | undefined, http: boolean): Promise<Row> {
-  const run = (db: string) => (http ? runViaServer(name, db) : runChild(name, db));
+async function runOnce(
+  name: string,
+  database: string | undefined,
+  http: boolean,
+  python?: PythonMode,
+): Promise<Row> {
+  const run = (db: string) => (http ? runViaServer(name, db, python) : runChild(name, db));
   if (database && isPostgresUrl(database)) {
     const server = parsePostgresUrl(database).url;
     const schema = `bench_${randomBytes(6).toString('hex')}`;
@@ -165,7 +186,7 @@ function runChild(name: string, database: string, serverStore?: string): Promise
 }
 
 /** Starts a server process on `database`, runs the workload's process against it, stops the server. */
-async function runViaServer(name: string, database: string): Promise<Row> {
+async function runViaServer(name: string, database: string, python?: PythonMode): Promise<Row> {
   const server = fork(new URL(import.meta.url), ['--server', database], { execArgv: ['--import', 'tsx'] });
   const exited = new Promise<number | null>((r) => server.once('exit', r));
   try {
@@ -173,11 +194,32 @@ async function runViaServer(name: string, database: string): Promise<Row> {
       server.once('message', (m) => resolve((m as { url: string }).url));
       server.once('exit', (code) => reject(new Error(`bench server exited ${code}`)));
     });
-    return await runChild(name, url, isPostgresUrl(database) ? 'postgres' : 'sqlite');
+    const store = isPostgresUrl(database) ? 'postgres' : 'sqlite';
+    return python ? runPython(name, url, store, python) : await runChild(name, url, store);
   } finally {
     server.send({ type: 'stop' });
     await exited;
   }
+}
+
+type PythonMode = 'sync' | 'async';
+
+/** The workload in one Python worker process (sdk/python/bench/flat.py) against the server at `url`. */
+function runPython(name: string, url: string, store: string, mode: PythonMode): Row {
+  const root = new URL('..', import.meta.url).pathname;
+  const venv = join(root, '.venv', 'bin', 'python');
+  const python = process.env.DYNATASK_PYTHON ?? (existsSync(venv) ? venv : undefined);
+  if (!python)
+    throw new Error(
+      '--python: no .venv at the repository root (`npm run test:python` creates it), nor $DYNATASK_PYTHON',
+    );
+  const out = execFileSync(
+    python,
+    [join(root, 'sdk', 'python', 'bench', 'flat.py'), url, mode, String(WORKLOADS[name]!.size)],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const figures = JSON.parse(out.trim().split('\n').pop()!) as Omit<Row, 'workload' | 'mode'>;
+  return { workload: name, mode: `python-${mode}/${store}`, ...figures } as Row;
 }
 
 /** The server process of --http: serves `database` on a free port until told to stop. */

@@ -241,7 +241,7 @@ def _start(database: str, args: Sequence[str], port: int = 0) -> ServerProcess:
 @pytest.fixture(scope="session")
 def server(fresh_database: FreshDatabase) -> Iterator[ServerProcess]:
     """One server per store for the session."""
-    srv = _start(fresh_database(), ["--grace-ms", "2000"])
+    srv = _start(fresh_database(), ["--grace-ms", "500"])
     yield srv
     srv.stop()
 
@@ -259,7 +259,7 @@ def start_server(fresh_database: FreshDatabase) -> Iterator[StartServer]:
         *args: str, database: str | None = None, tokens: Sequence[str] = (), port: int = 0
     ) -> ServerProcess:
         extra = [a for t in tokens for a in ("--token", t)]
-        srv = _start(database or fresh_database(), ["--grace-ms", "2000", *extra, *args], port)
+        srv = _start(database or fresh_database(), ["--grace-ms", "500", *extra, *args], port)
         srv.tokens = list(tokens)
         started.append(srv)
         return srv

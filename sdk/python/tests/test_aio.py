@@ -144,3 +144,11 @@ async def test_async_unreachable() -> None:
             await c.get_job(str(uuid.uuid4()))
         assert not await c.ready()
     assert url in str(raised.value)
+
+
+async def test_async_submit_many_splits_over_the_body_limit(start_server: StartServer) -> None:
+    srv = await asyncio.to_thread(start_server, "--body-limit", "4k")
+    async with AsyncClient(srv.url) as c:
+        jobs = await c.submit_many([JobSpec(UNSERVED, {"blob": "x" * 300}) for _ in range(20)])
+        assert len({j.id for j in jobs}) == 20
+        assert len([j async for j in c.iter_jobs()]) == 20

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +298,58 @@ def test_unreachable_after_retry_for() -> None:
         c.get_job(str(uuid.uuid4()))
     assert raised.value.code == "unreachable" and raised.value.status == 0
     assert url in str(raised.value)
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own on a SQLite file (whatever the session's store)."""
+    srv = ServerProcess(database=str(tmp_path / "own.db"), args=["--grace-ms", "500"]).start()
+    yield srv
+    srv.stop()
+
+
+def test_a_503_is_retried(sqlite_server: ServerProcess) -> None:
+    """A real 503: the SQLite database is locked by another connection's transaction past the
+    server's busy timeout (10 s); the call is retried and succeeds once the lock is gone."""
+    srv = sqlite_server
+    database = srv.database
+    lock = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    retried: list[Exception] = []
+    answer: list[object] = []
+    got_503 = threading.Event()
+
+    def on_retry(e: Exception) -> None:
+        retried.append(e)
+        got_503.set()
+
+    with Transport(srv.url, retry_for=60) as t:
+        lock.execute("BEGIN EXCLUSIVE")
+        caller = threading.Thread(
+            target=lambda: answer.append(
+                t.call("POST", "/v1/jobs", {"jobs": [{"type": UNSERVED}]}, on_retry=on_retry)
+            ),
+            daemon=True,
+        )
+        caller.start()
+        try:
+            assert got_503.wait(30), "no 503 came"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        caller.join(30)
+    assert isinstance(retried[0], dynatask.DynataskError)
+    assert retried[0].status == 503
+    assert retried[0].code == "unavailable"
+    assert answer, "the call did not succeed after the lock was released"
+
+
+def test_submit_many_splits_a_request_over_the_body_limit(start_server: StartServer) -> None:
+    srv = start_server("--body-limit", "4k")
+    specs = [JobSpec(UNSERVED, {"blob": "x" * 300, "i": i}) for i in range(40)]  # ~16 kB
+    with Client(srv.url) as c:
+        jobs = c.submit_many(specs)
+        assert [c.get_task(j.root_task_id).payload["i"] for j in jobs] == list(range(40))
+        assert len(list(c.iter_jobs())) == 40
+        with pytest.raises(dynatask.PayloadTooLargeError) as raised:
+            c.submit(UNSERVED, {"blob": "x" * 5000})
+    assert raised.value.status == 413

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import pytest
+import typing_extensions
 from typing_extensions import NotRequired, is_typeddict
 
 from dynatask import _wire
@@ -119,7 +120,7 @@ class Checker:
         if name in self.seen:
             return
         self.seen.add(name)
-        hints = typing.get_type_hints(tp)
+        hints = typing_extensions.get_type_hints(tp)
         props: dict[str, Any] = schema["properties"]
         for extra in sorted(set(hints) - set(props)):
             self.fail(f"{name}.{extra}", "in the SDK, not in the contract")
@@ -127,13 +128,18 @@ class Checker:
             self.fail(f"{name}.{missing}", "in the contract, not in the SDK")
         required = set(schema.get("required", []))
         # The module's annotations are strings (PEP 563), which __required_keys__ does not read.
-        extras = typing.get_type_hints(tp, include_extras=True)
-        sdk_required = {k for k, h in extras.items() if typing.get_origin(h) is not NotRequired}
+        extras = typing_extensions.get_type_hints(tp, include_extras=True)
+        sdk_required = {k for k, h in extras.items() if not _not_required(h)}
         for key in sorted(required ^ set(sdk_required)):
             state = "required" if key in required else "optional"
             self.fail(f"{name}.{key}", f"{state} in the contract, not in the SDK")
         for key in sorted(set(props) & set(hints)):
             self.check(props[key], hints[key], f"{name}.{key}")
+
+
+def _not_required(hint: object) -> bool:
+    origin: object = typing_extensions.get_origin(hint)
+    return origin is NotRequired
 
 
 def test_every_component_has_its_wire_type_with_the_same_fields() -> None:

@@ -16,19 +16,18 @@ from typing import Any
 
 import pytest
 
-from servers import REPO, Api, Server, database_for
+from .conftest import REPO, ServerProcess, StartServer
+from .worker_helpers import Api
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHILDREN = 12
 LEAVES = 2
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture
+def server(start_server: StartServer) -> ServerProcess:
     # A short lease: the killed worker's tasks are retried within seconds.
-    s = Server(database_for(request.param, tmp_path), lease_ms=2000).start()
-    yield s
-    s.stop()
+    return start_server("--lease-ms", "2000")
 
 
 class Processes:
@@ -93,7 +92,7 @@ def check_tree(api: Api, job_id: str) -> list[dict[str, Any]]:
     return tree
 
 
-def test_one_job_across_typescript_and_python(server: Server, procs: Processes) -> None:
+def test_one_job_across_typescript_and_python(server: ServerProcess, procs: Processes) -> None:
     api = Api(server.url)
     ns = f"t{uuid.uuid4().hex[:12]}"
     ts = procs.ts(server.url, ns)
@@ -109,7 +108,7 @@ def test_one_job_across_typescript_and_python(server: Server, procs: Processes) 
     check_tree(api, job["id"])
 
 
-def test_the_python_worker_killed_mid_job(server: Server, procs: Processes) -> None:
+def test_the_python_worker_killed_mid_job(server: ServerProcess, procs: Processes) -> None:
     api = Api(server.url)
     ns = f"t{uuid.uuid4().hex[:12]}"
     ts = procs.ts(server.url, ns)

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,30 +25,23 @@ from dynatask import (
     TaskContext,
     Worker,
 )
-from servers import Api, Server, database_for, serve
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = Server(database_for(request.param, tmp_path_factory.mktemp("db"))).start()
-    yield s
-    s.stop()
+from .conftest import ServerProcess
+from .worker_helpers import Api, serve
 
 
 @pytest.fixture
-def api(server: Server) -> Api:
+def api(server: ServerProcess) -> Api:
     return Api(server.url)
 
 
 @pytest.fixture
-def ns() -> str:
+def ns(namespace: str) -> str:
     """A namespace per test: its types and tasks are its own."""
-    return f"t{uuid.uuid4().hex[:12]}"
+    return namespace
 
 
-def test_spawn_and_resume_get_the_same_children(server: Server, api: Api, ns: str) -> None:
+def test_spawn_and_resume_get_the_same_children(server: ServerProcess, api: Api, ns: str) -> None:
     runs: list[list[str]] = []
     w = Worker(server.url, namespace=ns, concurrency=4)
 
@@ -73,7 +66,7 @@ def test_spawn_and_resume_get_the_same_children(server: Server, api: Api, ns: st
     assert sorted(t["key"] for t in tree if t["parentId"]) == ["#0", "#1", "#2", "ten"]
 
 
-def test_both_wait_shapes(server: Server, api: Api, ns: str) -> None:
+def test_both_wait_shapes(server: ServerProcess, api: Api, ns: str) -> None:
     w = Worker(server.url, namespace=ns)
     seen: dict[str, Any] = {}
 
@@ -104,8 +97,10 @@ def test_both_wait_shapes(server: Server, api: Api, ns: str) -> None:
         raise NonRetryableError("no")
 
     for _ in serve(w):
-        a = api.settled(api.submit("settled", namespace=ns))
-        b = api.settled(api.submit("strict", namespace=ns))
+        # Within less than one long poll (10 s): an outcome reported while the worker's
+        # poll waits must not sit there until the poll ends.
+        a = api.settled(api.submit("settled", namespace=ns), timeout=8)
+        b = api.settled(api.submit("strict", namespace=ns), timeout=8)
     assert a["state"] == "succeeded", a
     assert a["result"] == ["succeeded", "failed"]
     assert seen["settled"][0].result == 1
@@ -118,7 +113,7 @@ def test_both_wait_shapes(server: Server, api: Api, ns: str) -> None:
 
 
 def test_steps_are_memoised_across_attempts_and_retries_back_off(
-    server: Server, api: Api, ns: str
+    server: ServerProcess, api: Api, ns: str
 ) -> None:
     calls: list[int] = []
     w = Worker(server.url, namespace=ns)
@@ -147,7 +142,7 @@ def test_steps_are_memoised_across_attempts_and_retries_back_off(
     ]
 
 
-def test_progress_is_stored(server: Server, api: Api, ns: str) -> None:
+def test_progress_is_stored(server: ServerProcess, api: Api, ns: str) -> None:
     w = Worker(server.url, namespace=ns)
 
     @w.task("p")
@@ -162,7 +157,7 @@ def test_progress_is_stored(server: Server, api: Api, ns: str) -> None:
 
 
 def test_cancellation_reaches_thread_and_coroutine_handlers(
-    server: Server, api: Api, ns: str
+    server: ServerProcess, api: Api, ns: str
 ) -> None:
     started = {"sync": threading.Event(), "async": threading.Event()}
     saw = {"sync": threading.Event(), "async": threading.Event()}
@@ -204,7 +199,9 @@ class Crop(pydantic.BaseModel):
     box: tuple[int, int, int, int]
 
 
-def test_payloads_are_validated_from_the_annotation(server: Server, api: Api, ns: str) -> None:
+def test_payloads_are_validated_from_the_annotation(
+    server: ServerProcess, api: Api, ns: str
+) -> None:
     w = Worker(server.url, namespace=ns)
 
     @w.task("resize", max_attempts=3)
@@ -229,7 +226,7 @@ def test_payloads_are_validated_from_the_annotation(server: Server, api: Api, ns
     assert api.task(bad["rootTaskId"])["attempt"] == 1, "not retried"
 
 
-def test_a_timeout_fails_the_attempt(server: Server, api: Api, ns: str) -> None:
+def test_a_timeout_fails_the_attempt(server: ServerProcess, api: Api, ns: str) -> None:
     w = Worker(server.url, namespace=ns)
 
     @w.task("slow", timeout=0.3, max_attempts=1)
@@ -245,7 +242,7 @@ def test_a_timeout_fails_the_attempt(server: Server, api: Api, ns: str) -> None:
 WORKER_SCRIPT = Path(__file__).parent / "fixtures" / "drain_worker.py"
 
 
-def test_sigterm_drains(server: Server, api: Api, ns: str, tmp_path: Path) -> None:
+def test_sigterm_drains(server: ServerProcess, api: Api, ns: str, tmp_path: Path) -> None:
     gate = tmp_path / "started"
     p = subprocess.Popen(
         [sys.executable, str(WORKER_SCRIPT), server.url, ns, str(gate)],
@@ -271,3 +268,43 @@ def test_sigterm_drains(server: Server, api: Api, ns: str, tmp_path: Path) -> No
     assert api.task(job["rootTaskId"])["attempt"] == 1
     served = api.t.call("GET", "/v1/types", params={"namespace": ns})["types"]
     assert not any(t["served"] for t in served), "the worker told the server it stopped"
+
+
+def test_total_and_per_type_concurrency(server: ServerProcess, api: Api, ns: str) -> None:
+    lock = threading.Lock()
+    now: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    def enter(kind: str) -> None:
+        with lock:
+            now[kind] += 1
+            now["all"] += 1
+            for k in (kind, "all"):
+                peak[k] = max(peak[k], now[k])
+
+    def leave(kind: str) -> None:
+        with lock:
+            now[kind] -= 1
+            now["all"] -= 1
+
+    w = Worker(server.url, namespace=ns, concurrency=3)
+
+    @w.task("a")
+    def a(ctx: TaskContext) -> None:
+        enter("a")
+        time.sleep(0.1)  # the work
+        leave("a")
+
+    @w.task("b", concurrency=1)  # across every worker of the namespace
+    async def b(ctx: AsyncTaskContext) -> None:
+        enter("b")
+        await asyncio.sleep(0.1)
+        leave("b")
+
+    for _ in serve(w):
+        jobs = [api.submit("a", namespace=ns) for _ in range(8)]
+        jobs += [api.submit("b", namespace=ns) for _ in range(4)]
+        assert {api.settled(j)["state"] for j in jobs} == {"succeeded"}
+    assert peak["all"] == 3
+    assert peak["b"] == 1
+    assert peak["a"] >= 2

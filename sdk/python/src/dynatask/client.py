@@ -20,7 +20,7 @@ from . import _requests as rq
 from . import _wire
 from ._convert import Duration, Instant
 from ._transport import Transport, _backoff
-from .errors import DynataskError, UnreachableError
+from .errors import DynataskError, PayloadTooLargeError, UnreachableError
 from .models import (
     Event,
     EventKind,
@@ -111,12 +111,22 @@ class Client:
 
     def submit_many(self, jobs: Iterable[JobSpec]) -> list[Job]:
         """Submits many jobs (in requests of up to 1000), in order; each is idempotent by its
-        job id (one is made here for a spec without)."""
+        job id (one is made here for a spec without). A request over the server's body limit
+        is split in halves and sent again (safe: the job ids are chosen already)."""
         items = rq.submit_items(jobs, self.namespace)
         out: list[Job] = []
         for body in rq.batches(items):
-            out.extend(rq.jobs_of(self.transport.call("POST", "/v1/jobs", body)))
+            out.extend(self._submit(body["jobs"]))
         return out
+
+    def _submit(self, items: list[_wire.SubmitRequestJob]) -> list[Job]:
+        try:
+            return rq.jobs_of(self.transport.call("POST", "/v1/jobs", {"jobs": items}))
+        except PayloadTooLargeError:
+            if len(items) < 2:
+                raise
+            half = len(items) // 2
+            return [*(self._submit(items[:half])), *(self._submit(items[half:]))]
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -281,7 +291,8 @@ class Client:
         ``kinds`` chooses among ``"task"``, ``"progress"`` and ``"job"`` (all by default; a
         client that only waits for jobs to settle should ask for ``["job"]``, which costs the
         server nothing). A job's stream ends after the job's ``job`` event (it settled) unless
-        ``until_settled`` is false; a stream of a settled job starts with that event. A dropped
+        ``until_settled`` is false (or ``kinds`` leaves ``"job"`` out); a stream of a settled
+        job starts with that event. A dropped
         connection is opened again (within ``retry_for``): events meanwhile are missed, so
         treat the stream as a prompt to read the job, not as a log. Close the generator (or
         leave the loop) to stop.

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast, overload
 
 from pydantic_core import to_jsonable_python
 
+from . import _wire as w
 from ._transport import AsyncTransport
 from .errors import ChildTaskFailedError, StaleAttemptError, ValidationError, error_from_item
 from .outcome import Outcome
@@ -92,11 +93,11 @@ class Child:
     ignore_failure: bool = False
     run_regardless: bool = False
 
-    def wire(self, key: str, where: str) -> dict[str, Any]:
+    def wire(self, key: str, where: str) -> w.SpawnRequestItemChildren:
         """The child as ``/v1/worker/spawn`` takes it, under spawn key ``key``."""
         if not isinstance(self.type, str) or not self.type:
             raise ValidationError(f"{where}.type must be a non-empty string")
-        o: dict[str, Any] = {"key": key}
+        o: w.SpawnOptions = {"key": key}
         if self.dedup_key is not None:
             o["dedupKey"] = self.dedup_key
         if self.after is not None:
@@ -113,18 +114,15 @@ class Child:
             o["maxBackoffMs"] = to_ms(self.max_backoff, f"{where}.max_backoff")
         if self.timeout is not None:
             o["timeoutMs"] = to_ms(self.timeout, f"{where}.timeout")
-        if self.concurrency_key is not None:
-            c: dict[str, Any] = {"key": self.concurrency_key}
-            if self.concurrency_limit is not None:
-                c["limit"] = self.concurrency_limit
-            o["concurrency"] = c
-        elif self.concurrency_limit is not None:
-            raise ValidationError(f"{where}.concurrency_limit needs a concurrency_key")
+        if (self.concurrency_key is None) != (self.concurrency_limit is None):
+            raise ValidationError(f"{where}: concurrency_key and concurrency_limit go together")
+        if self.concurrency_key is not None and self.concurrency_limit is not None:
+            o["concurrency"] = {"key": self.concurrency_key, "limit": self.concurrency_limit}
         if self.ignore_failure:
             o["ignoreFailure"] = True
         if self.run_regardless:
             o["runRegardless"] = True
-        out: dict[str, Any] = {"type": self.type, "options": o}
+        out: w.SpawnRequestItemChildren = {"type": self.type, "options": o}
         if self.payload is not None:
             out["payload"] = to_jsonable_python(self.payload)
         return out
@@ -150,7 +148,7 @@ class Attempt:
         self,
         transport: AsyncTransport,
         loop: asyncio.AbstractEventLoop,
-        task: Mapping[str, Any],
+        task: w.ClaimedTask,
         lease_ms: int | None,
         on_status: Callable[[Attempt, str], None],
     ) -> None:
@@ -172,7 +170,8 @@ class Attempt:
         self._free_seqs: list[int] = []
 
     @property
-    def ref(self) -> dict[str, Any]:
+    def ref(self) -> w.HeartbeatRequestItem:
+        """``{id, token}``: the attempt, as every worker call names it."""
         return {"id": self.id, "token": self.token}
 
     def check(self) -> None:
@@ -208,9 +207,10 @@ class Attempt:
         keys, seqs = self._keys(children)
         try:
             wire = [c.wire(keys[i], f"children[{i}]") for i, c in enumerate(children)]
-            r = await self.transport.call(
-                "POST", "/v1/worker/spawn", {"items": [{**self.ref, "children": wire}]}
-            )
+            body: w.SpawnRequest = {
+                "items": [{"id": self.id, "token": self.token, "children": wire}]
+            }
+            r = await self.transport.call("POST", "/v1/worker/spawn", body)
             item = r["items"][0]
             if "error" in item:
                 e = item["error"]
@@ -224,7 +224,7 @@ class Attempt:
 
     async def wait(self, handles: Sequence[TaskHandle | str] | None) -> list[Outcome]:
         self.check()
-        item: dict[str, Any] = dict(self.ref)
+        item: w.WaitRequestItem = {"id": self.id, "token": self.token}
         if handles is None:
             item["all"] = True
         else:
@@ -236,9 +236,8 @@ class Attempt:
             repeated = True
 
         try:
-            r = await self.transport.call(
-                "POST", "/v1/worker/wait", {"items": [item]}, on_retry=again
-            )
+            body: w.WaitRequest = {"items": [item]}
+            r = await self.transport.call("POST", "/v1/worker/wait", body, on_retry=again)
             out = r["items"][0]
             if "error" in out:
                 e = out["error"]
@@ -256,23 +255,27 @@ class Attempt:
 
     async def get_step(self, name: str) -> tuple[bool, Any]:
         self.check()
-        r = await self.transport.call("POST", "/v1/worker/steps/get", {**self.ref, "name": name})
+        body: w.StepGetRequest = {"id": self.id, "token": self.token, "name": name}
+        r = await self.transport.call("POST", "/v1/worker/steps/get", body)
         return bool(r["found"]), r.get("value")
 
     async def put_step(self, name: str, value: Any) -> None:
-        body: dict[str, Any] = {**self.ref, "name": name}
+        body: w.StepPutRequest = {"id": self.id, "token": self.token, "name": name}
         if value is not None:
             body["value"] = to_jsonable_python(value)
         await self.transport.call("POST", "/v1/worker/steps/put", body)
 
     async def progress(self, value: Any) -> None:
         self.check()
-        await self.transport.call(
-            "POST", "/v1/worker/progress", {**self.ref, "progress": to_jsonable_python(value)}
-        )
+        body: w.ProgressRequest = {
+            "id": self.id,
+            "token": self.token,
+            "progress": to_jsonable_python(value),
+        }
+        await self.transport.call("POST", "/v1/worker/progress", body)
 
     async def heartbeat(self) -> bool:
-        body: dict[str, Any] = {"items": [self.ref]}
+        body: w.HeartbeatRequest = {"items": [self.ref]}
         if self.lease_ms is not None:
             body["leaseMs"] = self.lease_ms
         r = await self.transport.call("POST", "/v1/worker/heartbeat", body)

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import typing
@@ -35,7 +36,9 @@ from typing import Any, TypeVar
 
 import pydantic
 from pydantic_core import to_jsonable_python
+from typing_extensions import TypedDict
 
+from . import _wire as w
 from ._transport import AsyncTransport
 from .context import AsyncTaskContext, Attempt, Seconds, Suspend, TaskContext, to_ms
 from .errors import ChildTaskFailedError, DynataskError, NonRetryableError, ValidationError
@@ -64,7 +67,7 @@ class _Handler:
     is_async: bool
     wants_payload: bool
     adapter: pydantic.TypeAdapter[Any] | None
-    settings: dict[str, Any]
+    settings: w.TypeSettingsRequestType
 
 
 @dataclass(eq=False)
@@ -105,9 +108,30 @@ def _payload_adapter(fn: Callable[..., Any]) -> tuple[bool, pydantic.TypeAdapter
     return True, pydantic.TypeAdapter(ann)
 
 
-def task_error(e: BaseException) -> dict[str, Any]:
+class _Outcome(TypedDict, total=False):
+    result: Any
+    error: w.ReportRequestFailedError
+    suspended: bool
+
+
+def _failed(a: Attempt, e: Exception) -> _Outcome:
+    # An error raised after the run suspended (the handler caught Suspend...) changes nothing.
+    return {"suspended": True} if a.suspended else {"error": task_error(e)}
+
+
+def _succeeded(a: Attempt, result: Any) -> _Outcome:
+    if a.suspended:
+        return {"suspended": True}
+    try:
+        return {"result": to_jsonable_python(result)}
+    except Exception as e:
+        message = f"result of task {a.id} is not JSON-serialisable: {e}"
+        return {"error": {"name": "InvalidResult", "message": message, "retryable": False}}
+
+
+def task_error(e: BaseException) -> w.ReportRequestFailedError:
     """What the server stores of an exception a handler raised."""
-    out: dict[str, Any] = {
+    out: w.ReportRequestFailedError = {
         "name": type(e).__name__[:200],
         "message": (str(e) or repr(e))[:MAX_TEXT],
         "stack": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-MAX_TEXT:],
@@ -157,15 +181,18 @@ class Worker:
         self._handlers: dict[str, _Handler] = {}
         self._running: dict[tuple[str, int], _Entry] = {}
         self._completed: list[tuple[_Entry, Any]] = []
-        self._failed: list[tuple[_Entry, dict[str, Any]]] = []
+        self._failed: list[tuple[_Entry, w.ReportRequestFailedError]] = []
         self._granted_lease_ms: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: AsyncTransport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
-        self._poll: asyncio.Task[list[dict[str, Any]]] | None = None
+        self._poll: asyncio.Task[list[w.ClaimedTask]] | None = None
         self._side_flush: asyncio.Task[None] | None = None
+        self._outcomes_lock = threading.Lock()
+        self._thread_outcomes: list[tuple[_Entry, _Outcome]] = []
+        self._collecting = False
         self._flush_lock: asyncio.Lock | None = None
         self._started = False
         self._stop_requested = False
@@ -202,7 +229,7 @@ class Worker:
             raise ValidationError("task(): register handlers before the worker starts")
         if not isinstance(type, str) or not type:
             raise ValidationError("task type must be a non-empty string")
-        settings: dict[str, Any] = {"type": type}
+        settings: w.TypeSettingsRequestType = {"type": type}
         if concurrency is not None:
             settings["concurrency"] = concurrency
         if max_attempts is not None:
@@ -263,14 +290,11 @@ class Worker:
             self._stopping.set()
         heartbeat = loop.create_task(self._heartbeat_loop())
         try:
-            await self._transport.call(
-                "POST",
-                "/v1/worker/types",
-                {
-                    "namespace": self.namespace,
-                    "types": [h.settings for h in self._handlers.values()],
-                },
-            )
+            types: w.TypeSettingsRequest = {
+                "namespace": self.namespace,
+                "types": [h.settings for h in self._handlers.values()],
+            }
+            await self._transport.call("POST", "/v1/worker/types", types)
             self.ready = True
             await self._claim_loop()
             await self._drain()
@@ -278,11 +302,12 @@ class Worker:
             heartbeat.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            stop: w.WorkerStopRequest = {"workerId": self.worker_id}
             with contextlib.suppress(Exception):
                 await self._transport.call(
                     "POST",
                     "/v1/worker/stop",
-                    {"workerId": self.worker_id},
+                    stop,
                     retry_for=2.0,
                     timeout=2.0,
                 )
@@ -328,8 +353,8 @@ class Worker:
     def _lease(self) -> int:
         return self.lease_ms or self._granted_lease_ms or DEFAULT_LEASE_MS
 
-    def _claim_body(self, limit: int) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def _claim_body(self, limit: int) -> w.ReportRequestClaim:
+        body: w.ReportRequestClaim = {
             "namespace": self.namespace,
             "types": self.types,
             "limit": min(limit, 1000),
@@ -361,7 +386,7 @@ class Worker:
                 # Let every handler finishing in this turn join the batch.
                 await asyncio.sleep(0)
                 continue
-            body = {**self._claim_body(want), "waitMs": self.long_poll_ms}
+            body: w.ClaimRequest = {**self._claim_body(want), "waitMs": self.long_poll_ms}
             self._poll = asyncio.ensure_future(self._post_claim(body))
             try:
                 tasks = await self._poll
@@ -381,24 +406,24 @@ class Worker:
                 self._poll = None
             self._start(tasks)
 
-    async def _post_claim(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _post_claim(self, body: w.ClaimRequest) -> list[w.ClaimedTask]:
         assert self._transport is not None
-        r = await self._transport.call("POST", "/v1/worker/claim", body)
-        return list(r["tasks"])
+        r: w.ClaimResult = await self._transport.call("POST", "/v1/worker/claim", body)
+        return r["tasks"]
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         assert self._stopping is not None
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    def _note_lease(self, tasks: list[dict[str, Any]]) -> None:
+    def _note_lease(self, tasks: list[w.ClaimedTask]) -> None:
         if tasks:
             t = tasks[0]
             started, expires = t.get("startedAt"), t.get("leaseExpiresAt")
             if isinstance(started, int) and isinstance(expires, int) and expires > started:
                 self._granted_lease_ms = expires - started
 
-    def _start(self, tasks: list[dict[str, Any]]) -> None:
+    def _start(self, tasks: list[w.ClaimedTask]) -> None:
         assert self._stopping is not None
         assert self._loop is not None
         assert self._transport
@@ -437,59 +462,64 @@ class Worker:
                     },
                 )
                 continue
-            entry.runner = self._loop.create_task(self._run(entry))
+            if handler.is_async:
+                entry.runner = self._loop.create_task(self._run(entry))
+            else:
+                assert self._executor is not None
+                self._executor.submit(self._run_in_thread, entry)
 
     async def _run(self, entry: _Entry) -> None:
+        """An ``async def`` handler's run, as a task on the loop."""
         h = entry.handler
         a = entry.attempt
         try:
-            if h.is_async:
-                ctx: Any = AsyncTaskContext(a)
-                entry.started = True
-                args = (ctx, entry.payload) if h.wants_payload else (ctx,)
-                result = await h.fn(*args)
-            else:
-                assert self._loop is not None
-                assert self._executor is not None
-                result = await self._loop.run_in_executor(self._executor, self._run_sync, entry)
+            entry.started = True
+            ctx = AsyncTaskContext(a)
+            result = await (h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx))
         except Suspend:
             self._finish(entry, suspended=True)
-            return
         except asyncio.CancelledError:
             # Aborted (cancelled, timed out, lease lost, the grace is over): nothing to report.
             self._finish(entry, suspended=a.suspended)
-            return
         except Exception as e:
-            if a.suspended:
-                self._finish(entry, suspended=True)
-            else:
-                self._finish(entry, error=task_error(e))
-            return
-        if a.suspended:
-            self._finish(entry, suspended=True)
-            return
-        try:
-            jsonable = to_jsonable_python(result)
-        except Exception as e:
-            self._finish(
-                entry,
-                error={
-                    "name": "InvalidResult",
-                    "message": f"result of task {a.id} is not JSON-serialisable: {e}",
-                    "retryable": False,
-                },
-            )
-            return
-        self._finish(entry, result=jsonable)
+            self._finish(entry, **_failed(a, e))
+        else:
+            self._finish(entry, **_succeeded(a, result))
 
-    def _run_sync(self, entry: _Entry) -> Any:
-        # On a worker thread.
+    def _run_in_thread(self, entry: _Entry) -> None:
+        """A plain handler's run, on a thread of the pool. Its outcome goes back to the loop
+        through a queue that the loop empties in one callback for every outcome ready then,
+        not in one wake-up of the loop per task."""
+        a = entry.attempt
+        outcome: _Outcome
         if entry.aborted is not None:
-            raise asyncio.CancelledError()
-        entry.started = True
-        ctx = TaskContext(entry.attempt)
-        h = entry.handler
-        return h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx)
+            outcome = {"suspended": a.suspended}
+        else:
+            entry.started = True
+            h = entry.handler
+            ctx = TaskContext(a)
+            try:
+                result = h.fn(ctx, entry.payload) if h.wants_payload else h.fn(ctx)
+            except Suspend:
+                outcome = {"suspended": True}
+            except Exception as e:
+                outcome = _failed(a, e)
+            else:
+                outcome = _succeeded(a, result)
+        with self._outcomes_lock:
+            self._thread_outcomes.append((entry, outcome))
+            if self._collecting:
+                return
+            self._collecting = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        with self._outcomes_lock:
+            ready, self._thread_outcomes = self._thread_outcomes, []
+            self._collecting = False
+        for entry, outcome in ready:
+            self._finish(entry, **outcome)
 
     def _on_status(self, attempt: Attempt, status: str) -> None:
         # A heartbeat's answer other than "ok", from a ctx.heartbeat() on the loop.
@@ -519,7 +549,7 @@ class Worker:
         entry: _Entry,
         *,
         result: Any = None,
-        error: dict[str, Any] | None = None,
+        error: w.ReportRequestFailedError | None = None,
         suspended: bool = False,
     ) -> None:
         assert self._wake is not None
@@ -541,7 +571,13 @@ class Worker:
         flushing = self._side_flush is not None and not self._side_flush.done()
         if self._poll is not None and (self._completed or self._failed) and not flushing:
             assert self._loop is not None
-            self._side_flush = self._loop.create_task(self._flush(claim=0))
+            self._side_flush = self._loop.create_task(self._flush_beside_poll())
+
+    async def _flush_beside_poll(self) -> None:
+        # Outcomes that finish while this report is under way go in the next one, as long as
+        # the poll lasts (after it, the claim loop reports them with its next claim).
+        while self._poll is not None and (self._completed or self._failed):
+            await self._flush(claim=0)
 
     async def _flush(self, claim: int) -> None:
         assert self._flush_lock is not None
@@ -557,39 +593,47 @@ class Worker:
     async def _report(
         self,
         completed: list[tuple[_Entry, Any]],
-        failed: list[tuple[_Entry, dict[str, Any]]],
+        failed: list[tuple[_Entry, w.ReportRequestFailedError]],
         claim: int,
     ) -> None:
         assert self._transport is not None
         assert self._stopping is not None
         # Within the server's limits (1000 items a list, its body limit): a big batch goes in
         # several requests, the claim with the last.
-        chunks: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], [])]
+        chunks: list[w.ReportRequest] = [{"completed": [], "failed": []}]
         size = 0
-        for items, which in (
-            ([{**e.attempt.ref, "result": r} for e, r in completed], 0),
-            ([{**e.attempt.ref, "error": err} for e, err in failed], 1),
-        ):
-            for item in items:
-                n = len(str(item))
-                c = chunks[-1]
-                if len(c[0]) + len(c[1]) >= 1000 or (size + n > REPORT_BYTES and (c[0] or c[1])):
-                    chunks.append(([], []))
-                    size = 0
-                chunks[-1][which].append(item)
-                size += n
+        count = 0
+
+        def room(n: int) -> w.ReportRequest:
+            nonlocal size, count
+            if count >= 1000 or (count and size + n > REPORT_BYTES):
+                chunks.append({"completed": [], "failed": []})
+                size = count = 0
+            size += n
+            count += 1
+            return chunks[-1]
+
+        for e, result in completed:
+            done: w.ReportRequestCompleted = {**e.attempt.ref, "result": result}
+            room(len(str(result))).setdefault("completed", []).append(done)
+        for e, err in failed:
+            fail: w.ReportRequestFailed = {**e.attempt.ref, "error": err}
+            room(len(str(err))).setdefault("failed", []).append(fail)
         since = time.monotonic()
         tries = 0
-        for i, (done, fails) in enumerate(chunks):
-            body: dict[str, Any] = {"completed": done}
-            if fails:
-                body["failed"] = fails
+        for i, body in enumerate(chunks):
+            refs = [(c["id"], c["token"]) for c in body.get("completed", [])]
+            refs += [(f["id"], f["token"]) for f in body.get("failed", [])]
+            if not body.get("failed"):
+                body.pop("failed", None)
             last = i == len(chunks) - 1
             if last and claim > 0 and not self._stopping.is_set():
                 body["claim"] = self._claim_body(claim)
             while True:
                 try:
-                    r = await self._transport.call("POST", "/v1/worker/report", body)
+                    r: w.ReportResult = await self._transport.call(
+                        "POST", "/v1/worker/report", body
+                    )
                     break
                 except DynataskError as e:
                     retry = e.status == 0 or e.status >= 500 or e.status in (408, 429)
@@ -597,22 +641,24 @@ class Worker:
                         log.error(
                             "dynatask worker: outcomes not stored (%s); their leases decide", e
                         )
-                        r = {"tasks": []}
+                        r = {"completed": [], "failed": [], "tasks": []}
                         break
                     log.warning("dynatask worker: report failed, trying again: %s", e)
                     tries += 1
                     await asyncio.sleep(min(5.0, 0.1 * 2**tries))
                     body.pop("claim", None)
-            for item in done + fails:
-                self._running.pop((item["id"], item["token"]), None)
-            self._start(list(r.get("tasks") or []))
+            for ref in refs:
+                self._running.pop(ref, None)
+            self._start(r["tasks"])
 
     async def _release(self, refs: list[tuple[str, int]]) -> None:
         assert self._transport is not None
         for i in range(0, len(refs), 1000):
-            items = [{"id": t, "token": k} for t, k in refs[i : i + 1000]]
+            body: w.ReleaseRequest = {
+                "items": [{"id": t, "token": k} for t, k in refs[i : i + 1000]]
+            }
             try:
-                await self._transport.call("POST", "/v1/worker/release", {"items": items})
+                await self._transport.call("POST", "/v1/worker/release", body)
             except Exception as e:
                 log.error("dynatask worker: release failed (their leases decide): %s", e)
 
@@ -623,12 +669,12 @@ class Worker:
             entries = list(self._running.values())
             if not entries:
                 continue
-            body: dict[str, Any] = {"items": [e.attempt.ref for e in entries]}
+            body: w.HeartbeatRequest = {"items": [e.attempt.ref for e in entries]}
             if self.lease_ms is not None:
                 body["leaseMs"] = self.lease_ms
             try:
                 assert self._transport is not None
-                r = await self._transport.call(
+                r: w.HeartbeatResult = await self._transport.call(
                     "POST", "/v1/worker/heartbeat", body, retry_for=lease / 3000
                 )
             except Exception as e:

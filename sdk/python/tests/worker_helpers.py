@@ -1,93 +1,15 @@
-"""Real ``dynatask server`` processes for the worker tests, on SQLite or PostgreSQL, and
-helpers that talk to them with the raw transport (no mocks of the server)."""
+"""Helpers of the worker tests: a Worker run on a thread of its own, and the operator calls
+they check the server with (the raw transport; no mocks of the server)."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dynatask import Worker
 from dynatask._transport import Transport
-
-REPO = Path(__file__).resolve().parents[3]
-BIN = REPO / "bin" / "dynatask.js"
-
-
-def postgres_url() -> str:
-    for v in (
-        os.environ.get("DYNATASK_TEST_POSTGRES_URL"),
-        os.environ.get("DYNATASK_DATABASE_URL"),
-    ):
-        if v and v.startswith(("postgres://", "postgresql://")):
-            return v
-    raise RuntimeError(
-        "no PostgreSQL for the Postgres tests: run them under `node scripts/postgres.mjs -- ...` "
-        "or set DYNATASK_TEST_POSTGRES_URL (they never skip)"
-    )
-
-
-def database_for(store: str, tmp: Path) -> str:
-    if store == "sqlite":
-        return str(tmp / "dynatask.db")
-    url = postgres_url()
-    schema = f"py_{os.getpid()}_{secrets.token_hex(4)}"
-    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
-
-
-@dataclass
-class Server:
-    """A ``dynatask server`` process; ``url`` once it listens."""
-
-    database: str
-    lease_ms: int = 30_000
-    url: str = ""
-    proc: subprocess.Popen[str] | None = None
-    log: list[str] = field(default_factory=list)
-
-    def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            ["node", str(BIN), "server", "--port", "0", "--database", self.database,
-             "--lease-ms", str(self.lease_ms), "--log-level", "info"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        import json
-
-        for line in self.proc.stdout:
-            self.log.append(line)
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("msg") == "dynatask server listening":
-                self.url = str(msg["url"])
-                break
-        if not self.url:
-            raise RuntimeError("dynatask server did not start:\n" + "".join(self.log))
-        threading.Thread(target=self._drain_output, daemon=True).start()
-        return self
-
-    def _drain_output(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            del self.log[:-200]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
 
 
 def serve(worker: Worker) -> Iterator[Worker]:
