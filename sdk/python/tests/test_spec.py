@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -213,9 +214,12 @@ class EventStream:
             raise TimeoutError("the event stream did not open")
 
     def _read(self, url: str) -> None:
-        with contextlib.suppress(httpx.HTTPError), self.client.stream(
-            "GET", f"{url}/v1/events", headers={"accept": "text/event-stream"}
-        ) as res:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            self.client.stream(
+                "GET", f"{url}/v1/events", headers={"accept": "text/event-stream"}
+            ) as res,
+        ):
             self.opened.set()
             data: list[str] = []
             for line in res.iter_lines():
@@ -271,6 +275,10 @@ class RunState:
             if not self.cond.wait_for(cond, timeout):
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
+    def until_suspended(self, type: str, n: int) -> None:
+        """Blocks until ``n`` runs of handlers of ``type`` have suspended in a durable wait."""
+        self.until(lambda: self.suspended.get(type, 0) >= n, f"{n} suspended run(s) of {type}")
+
 
 def evaluate(e: Any, vars: dict[str, Any]) -> Any:
     """An expression of the format: JSON with {$ref}, {$sum} and {$count}."""
@@ -317,21 +325,21 @@ def seconds(ms: Any) -> float:
 def spawn_options(o: dict[str, Any]) -> dict[str, Any]:
     """A scenario's spawn options as the keyword arguments of ``ctx.spawn`` and ``Child``."""
     concurrency = o.get("concurrency") or {}
-    return dict(
-        key=o.get("key"),
-        dedup_key=o.get("dedupKey"),
-        after=o.get("after"),
-        priority=o.get("priority"),
-        delay=seconds(o["delayMs"]) if "delayMs" in o else None,
-        max_attempts=o.get("maxAttempts"),
-        backoff=seconds(o["backoffMs"]) if "backoffMs" in o else None,
-        max_backoff=seconds(o["maxBackoffMs"]) if "maxBackoffMs" in o else None,
-        timeout=seconds(o["timeoutMs"]) if "timeoutMs" in o else None,
-        concurrency_key=concurrency.get("key"),
-        concurrency_limit=concurrency.get("limit"),
-        ignore_failure=bool(o.get("ignoreFailure", False)),
-        run_regardless=bool(o.get("runRegardless", False)),
-    )
+    return {
+        "key": o.get("key"),
+        "dedup_key": o.get("dedupKey"),
+        "after": o.get("after"),
+        "priority": o.get("priority"),
+        "delay": seconds(o["delayMs"]) if "delayMs" in o else None,
+        "max_attempts": o.get("maxAttempts"),
+        "backoff": seconds(o["backoffMs"]) if "backoffMs" in o else None,
+        "max_backoff": seconds(o["maxBackoffMs"]) if "maxBackoffMs" in o else None,
+        "timeout": seconds(o["timeoutMs"]) if "timeoutMs" in o else None,
+        "concurrency_key": concurrency.get("key"),
+        "concurrency_limit": concurrency.get("limit"),
+        "ignore_failure": bool(o.get("ignoreFailure", False)),
+        "run_regardless": bool(o.get("runRegardless", False)),
+    }
 
 
 def child_of(spec: dict[str, Any], vars: dict[str, Any]) -> Child:
@@ -356,7 +364,8 @@ class Performer:
         with self.run.cond:
             if h.id not in self.run.paths and h.parent_id in self.run.paths:
                 self.run.paths[h.id] = f"{self.run.paths[h.parent_id]}/{h.key}"
-        v = {"type": h.type, "key": h.key, "created": h.created, "own": h.parent_id == self.ctx.task_id}
+        own = h.parent_id == self.ctx.task_id
+        v = {"type": h.type, "key": h.key, "created": h.created, "own": own}
         self.handles[id(v)] = h
         return v
 
@@ -420,11 +429,7 @@ class Performer:
                 self.run.inc(self.run.cancel_seen, self.type)
                 continue
             if do == "awaitSuspended":
-                n = a.get("count", 1)
-                self.run.until(
-                    lambda: self.run.suspended.get(a["type"], 0) >= n,
-                    f"{n} suspended run(s) of {a['type']}",
-                )
+                self.run.until_suspended(a["type"], a.get("count", 1))
                 continue
             value: Any = None
             try:
@@ -480,11 +485,8 @@ class Performer:
                 self.run.inc(self.run.cancel_seen, self.type)
                 continue
             if do == "awaitSuspended":
-                n = a.get("count", 1)
-                what = f"{n} suspended run(s) of {a['type']}"
-                await asyncio.to_thread(
-                    self.run.until, lambda: self.run.suspended.get(a["type"], 0) >= n, what
-                )
+                # On a thread of its own: the worker's loop must go on (the wait suspends there).
+                await asyncio.to_thread(self.run.until_suspended, a["type"], a.get("count", 1))
                 continue
             value: Any = None
             try:
@@ -526,7 +528,7 @@ def _pick(error: dict[str, Any] | None, want: dict[str, Any]) -> Any:
     return {k: error.get(k) for k in want}
 
 
-def _ms(delta: Any) -> int:
+def _ms(delta: timedelta) -> int:
     return round(delta.total_seconds() * 1000)
 
 
@@ -687,9 +689,11 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
             time.sleep(0.025)
             info = observer.get_job(job_id)
         run.until(
-            lambda: run.active == 0
-            and run.pending == 0
-            and any(e.get("kind") == "job" and e.get("jobId") == job_id for e in events),
+            lambda: (
+                run.active == 0
+                and run.pending == 0
+                and any(e.get("kind") == "job" and e.get("jobId") == job_id for e in events)
+            ),
             "the handlers to return, the interventions to end and the job event",
         )
         worker.stop()

@@ -649,6 +649,9 @@ class Worker:
                     body.pop("claim", None)
             for ref in refs:
                 self._running.pop(ref, None)
+            if refs and self._wake is not None:
+                # A drain waiting for these attempts to end learns of it now, not at its grace.
+                self._wake.set()
             self._start(r["tasks"])
 
     async def _release(self, refs: list[tuple[str, int]]) -> None:
