@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ServerProcess, startServerProcess } from './fixtures/cli-server.js';
-import { loadScenarios, runScenario } from './fixtures/spec.js';
+import { loadScenarios, runScenario, scenarioValidator } from './fixtures/spec.js';
 import { Schemas } from './postgres/server.js';
 
 const scenarios = loadScenarios();
@@ -30,6 +30,24 @@ it('spec/scenarios holds the scenarios the issue names', () => {
       'lost-answers',
     ]),
   );
+});
+
+it('the schema refuses what is not a scenario, so a typo cannot make a scenario check nothing', () => {
+  const { validate } = scenarioValidator();
+  const good = scenarios.find((s) => s.name === 'spawn-and-resume')!;
+  expect(validate(good)).toBe(true);
+  const bad: unknown[] = [
+    { ...good, extra: true },
+    { ...good, handlers: { parent: [{ do: 'teleport' }] } },
+    { ...good, handlers: { parent: [{ do: 'spawn' }] } },
+    { ...good, handlers: { parent: [{ do: 'step', name: 's', value: 1, onAttempt: [1] }] } },
+    { ...good, handlers: { parent: [{ do: 'spawn', type: 'x', options: { key: '#1' } }] } },
+    { ...good, expect: { ...good.expect, tasks: { 'root/#0': { stat: 'succeeded' } } } },
+    { ...good, expect: { ...good.expect, tasks: { nowhere: {} } } },
+    { ...good, expect: { ...good.expect, runz: {} } },
+    { ...good, interventions: [{ do: 'cancelTask', when: { started: 'root' }, after: 1 }] },
+  ];
+  for (const b of bad) expect(validate(b), JSON.stringify(b).slice(0, 300)).toBe(false);
 });
 
 for (const backend of ['sqlite', 'postgres'] as const) {

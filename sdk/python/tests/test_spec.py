@@ -51,10 +51,14 @@ TIMEOUT = 30.0
 """Longest wait for a job to settle, or for anything a scenario waits on."""
 
 
+def scenario_validator() -> jsonschema.Draft202012Validator:
+    """spec/scenario.schema.json."""
+    return jsonschema.Draft202012Validator(json.loads((SPEC / "scenario.schema.json").read_text()))
+
+
 def load_scenarios() -> list[dict[str, Any]]:
     """Every scenario file, checked against spec/scenario.schema.json."""
-    schema = json.loads((SPEC / "scenario.schema.json").read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = scenario_validator()
     out = []
     for path in sorted((SPEC / "scenarios").glob("*.json")):
         scenario = json.loads(path.read_text())
@@ -85,6 +89,29 @@ def test_the_scenarios_the_issue_names_are_there() -> None:
         "progress-events",
         "lost-answers",
     }
+
+
+def test_the_schema_refuses_what_is_not_a_scenario() -> None:
+    validator = scenario_validator()
+    good = next(s for s in SCENARIOS if s["name"] == "spawn-and-resume")
+    assert validator.is_valid(good)
+    x = good["expect"]
+    bad: list[dict[str, Any]] = [
+        {**good, "extra": True},
+        {**good, "handlers": {"parent": [{"do": "teleport"}]}},
+        {**good, "handlers": {"parent": [{"do": "spawn"}]}},
+        {
+            **good,
+            "handlers": {"parent": [{"do": "step", "name": "s", "value": 1, "onAttempt": [1]}]},
+        },
+        {**good, "handlers": {"parent": [{"do": "spawn", "type": "x", "options": {"key": "#1"}}]}},
+        {**good, "expect": {**x, "tasks": {"root/#0": {"stat": "succeeded"}}}},
+        {**good, "expect": {**x, "tasks": {"nowhere": {}}}},
+        {**good, "expect": {**x, "runz": {}}},
+        {**good, "interventions": [{"do": "cancelTask", "when": {"started": "root"}, "after": 1}]},
+    ]
+    for b in bad:
+        assert not validator.is_valid(b), json.dumps(b)[:300]
 
 
 # ---------------------------------------------------------------------------------- the server
@@ -138,7 +165,9 @@ class FaultyProxy:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
