@@ -278,6 +278,8 @@ class RunState:
     cancel_seen: dict[str, int] = field(default_factory=dict)
     stale_refused: dict[str, int] = field(default_factory=dict)
     suspended: dict[str, int] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    max_running: dict[str, int] = field(default_factory=dict)
     active: int = 0
     problems: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
@@ -289,9 +291,13 @@ class RunState:
             counts[key] = counts.get(key, 0) + by
             self.cond.notify_all()
 
-    def add_active(self, by: int) -> None:
+    def add_active(self, type: str, by: int) -> None:
+        """A handler run of ``type`` began (1) or ended (-1)."""
         with self.cond:
             self.active += by
+            now = self.running.get(type, 0) + by
+            self.running[type] = now
+            self.max_running[type] = max(self.max_running.get(type, 0), now)
             self.cond.notify_all()
 
     def add_pending(self, by: int) -> None:
@@ -662,24 +668,24 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
 
             def sync_handler(ctx: TaskContext, payload: Any) -> Any:
                 run.inc(run.runs, type)
-                run.add_active(1)
+                run.add_active(type, 1)
                 try:
                     on_start(ctx.task_id, ctx.attempt)
                     return Performer(type, ctx, run).perform_sync(actions)
                 finally:
-                    run.add_active(-1)
+                    run.add_active(type, -1)
 
             decorator(sync_handler)
         else:
 
             async def async_handler(ctx: AsyncTaskContext, payload: Any) -> Any:
                 run.inc(run.runs, type)
-                run.add_active(1)
+                run.add_active(type, 1)
                 try:
                     on_start(ctx.task_id, ctx.attempt)
                     return await Performer(type, ctx, run).perform_async(actions)
                 finally:
-                    run.add_active(-1)
+                    run.add_active(type, -1)
 
             decorator(async_handler)
 
@@ -789,6 +795,12 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
         ):
             if name in x:
                 actual[name] = {k: mine.get(k, 0) for k in x[name]}
+        if "maxRunning" in x:
+            # Within the bound shows as the bound, above it as it was.
+            actual["maxRunning"] = {
+                k: most if run.max_running.get(k, 0) <= most else run.max_running[k]
+                for k, most in x["maxRunning"].items()
+            }
         if "progressEvents" in x:
             seen: dict[str, list[Any]] = {p: [] for p in x["progressEvents"]}
             for e in events:
