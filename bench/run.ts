@@ -8,9 +8,9 @@
  * With --http, each run starts a dynatask server process on that database, and the workload's
  * process is one remote worker (and submitter) talking to it over HTTP (mode `http/<store>`).
  *
- * With --python (flat only), each workload runs three times, each on a fresh database behind a
+ * With --python (flat and latency only), each workload runs three times, each on a fresh database behind a
  * server process of its own: with the TypeScript remote worker as --http does, then with one
- * Python worker process (sdk/python/bench/flat.py) whose handlers are plain functions
+ * Python worker process (sdk/python/bench/workloads.py) whose handlers are plain functions
  * (`python-sync/<store>`, on its thread pool) and coroutines (`python-async/<store>`). The
  * Python is $DYNATASK_PYTHON, else the .venv at the repository root (`npm run test:python`
  * creates it).
@@ -85,7 +85,7 @@ async function main() {
     .option('--http', 'through a dynatask server process: the workload runs as one remote worker')
     .option(
       '--python',
-      'flat also with one Python worker process (sync and async handlers), through a server',
+      'flat and latency also with one Python worker process (sync and async handlers), through a server',
     )
     .parse();
   const opts = program.opts<{
@@ -103,8 +103,8 @@ async function main() {
     console.log(
       'workload  mode                 tasks    seconds  tasks/s   p50 ms  p99 ms  peak MB  db MB/M tasks',
     );
-  if (opts.python && names.some((n) => n !== 'flat'))
-    throw new Error('--python runs the flat workload only (--only flat)');
+  if (opts.python && names.some((n) => !PYTHON_WORKLOADS.includes(n)))
+    throw new Error(`--python runs ${PYTHON_WORKLOADS.join(' and ')} only (--only flat,latency)`);
   const modes: Array<PythonMode | undefined> = opts.python ? [undefined, 'sync', 'async'] : [undefined];
   for (const [name, python] of names.flatMap((n) => modes.map((m) => [n, m] as const))) {
     const runs: Row[] = [];
@@ -203,8 +203,9 @@ async function runViaServer(name: string, database: string, python?: PythonMode)
 }
 
 type PythonMode = 'sync' | 'async';
+const PYTHON_WORKLOADS = ['flat', 'latency'];
 
-/** The workload in one Python worker process (sdk/python/bench/flat.py) against the server at `url`. */
+/** The workload in one Python worker process (sdk/python/bench/workloads.py) against the server at `url`. */
 function runPython(name: string, url: string, store: string, mode: PythonMode): Row {
   const root = new URL('..', import.meta.url).pathname;
   const venv = join(root, '.venv', 'bin', 'python');
@@ -215,7 +216,7 @@ function runPython(name: string, url: string, store: string, mode: PythonMode): 
     );
   const out = execFileSync(
     python,
-    [join(root, 'sdk', 'python', 'bench', 'flat.py'), url, mode, String(WORKLOADS[name]!.size)],
+    [join(root, 'sdk', 'python', 'bench', 'workloads.py'), url, name, mode, String(WORKLOADS[name]!.size)],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const figures = JSON.parse(out.trim().split('\n').pop()!) as Omit<Row, 'workload' | 'mode'>;

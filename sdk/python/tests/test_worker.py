@@ -242,10 +242,10 @@ def test_a_timeout_fails_the_attempt(server: ServerProcess, api: Api, ns: str) -
 WORKER_SCRIPT = Path(__file__).parent / "fixtures" / "drain_worker.py"
 
 
-def test_sigterm_drains(server: ServerProcess, api: Api, ns: str, tmp_path: Path) -> None:
-    gate = tmp_path / "started"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_drains(server: ServerProcess, api: Api, ns: str, sig: signal.Signals) -> None:
     p = subprocess.Popen(
-        [sys.executable, str(WORKER_SCRIPT), server.url, ns, str(gate)],
+        [sys.executable, str(WORKER_SCRIPT), server.url, ns],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -256,7 +256,7 @@ def test_sigterm_drains(server: ServerProcess, api: Api, ns: str, tmp_path: Path
         assert p.stdout.readline().strip() == "ready"
         job_id = api.submit("drain", {"seconds": 1.0}, namespace=ns)
         assert p.stdout.readline().strip() == "started"
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 0, out
         assert "finished" in out
@@ -308,3 +308,103 @@ def test_total_and_per_type_concurrency(server: ServerProcess, api: Api, ns: str
     assert peak["all"] == 3
     assert peak["b"] == 1
     assert peak["a"] >= 2
+
+
+def test_a_stopping_worker_releases_what_it_did_not_start(
+    server: ServerProcess, api: Api, ns: str
+) -> None:
+    # One thread: the first task times out but its handler keeps the thread (Python cannot
+    # stop a thread), so the second task, claimed into the freed slot, waits unstarted.
+    hold = threading.Event()
+    w = Worker(server.url, namespace=ns, concurrency=1)
+
+    @w.task("hog", timeout=0.2, max_attempts=1)
+    def hog(ctx: TaskContext) -> None:
+        hold.wait(30)
+
+    @w.task("next")
+    def nxt(ctx: TaskContext) -> int:
+        return ctx.attempt
+
+    try:
+        for _ in serve(w):
+            hog_job = api.submit("hog", namespace=ns)
+            assert api.settled(hog_job)["error"]["name"] == "TimeoutError"
+            job = api.submit("next", namespace=ns)
+            root = api.job(job)["rootTaskId"]
+            api.until("next claimed", lambda r=root: api.task(r)["state"] == "running")
+    finally:
+        hold.set()
+    task = api.task(root)
+    assert task["state"] == "queued", "given back at once, not left to its lease"
+    assert task["workerId"] is None
+    w2 = Worker(server.url, namespace=ns)
+    w2.task("next")(nxt)
+    for _ in serve(w2):
+        done = api.settled(job)
+    assert done["result"] == 1, "the release counted no attempt"
+
+
+def test_a_spawn_bigger_than_one_request(server: ServerProcess, api: Api, ns: str) -> None:
+    n = 5001  # two requests of the worker (5,000 children each at most)
+    runs: list[int] = []
+    w = Worker(server.url, namespace=ns, concurrency=64)
+
+    @w.task("wide")
+    async def wide(ctx: AsyncTaskContext) -> int:
+        kids = await ctx.spawn_many([Child("one", i) for i in range(n)])
+        runs.append(len({k.id for k in kids}))
+        return sum(await ctx.wait_all(kids))
+
+    @w.task("one")
+    async def one(ctx: AsyncTaskContext, payload: int) -> int:
+        return payload
+
+    for _ in serve(w):
+        job = api.settled(api.submit("wide", namespace=ns), timeout=120)
+    assert job["result"] == n * (n - 1) // 2
+    assert runs == [n, n]
+    assert api.job(job["id"])["total"] == n + 1
+
+
+def test_a_lost_lease_aborts_only_that_attempt(server: ServerProcess, api: Api, ns: str) -> None:
+    # The victim's attempt stops holding its task (here: given back with its token, as a
+    # server does when the lease expires and another attempt takes over); the worker's next
+    # heartbeat learns it and aborts that attempt alone.
+    first: dict[str, Any] = {}
+    started = {"victim": threading.Event(), "bystander": threading.Event()}
+    lost = threading.Event()
+    finish_bystander = threading.Event()
+    w = Worker(server.url, namespace=ns, concurrency=4)
+
+    @w.task("victim")
+    def victim(ctx: TaskContext) -> str:
+        if not first:
+            first.update(id=ctx.task_id, token=ctx.token)
+            started["victim"].set()
+            if ctx.cancelled.wait(30):
+                lost.set()
+            return "first run"
+        return "second run"
+
+    @w.task("bystander")
+    def bystander(ctx: TaskContext) -> str:
+        started["bystander"].set()
+        finish_bystander.wait(30)
+        return "untouched" if not ctx.cancelled.is_set() else "aborted too"
+
+    for _ in serve(w):
+        v = api.submit("victim", namespace=ns)
+        b = api.submit("bystander", namespace=ns)
+        assert started["victim"].wait(20)
+        assert started["bystander"].wait(20)
+        r = api.t.call("POST", "/v1/worker/release", {"items": [first]})
+        assert r["items"] == ["ok"]
+        assert lost.wait(10), "the heartbeat's answer aborted the attempt"
+        finish_bystander.set()
+        assert api.settled(v)["result"] == "second run", (
+            "its outcome was dropped, the task ran again"
+        )
+        done = api.settled(b)
+    assert done["result"] == "untouched"
+    assert api.task(done["rootTaskId"])["attempt"] == 1

@@ -139,6 +139,14 @@ class Suspend(BaseException):
         )
 
 
+_EVENTS = threading.Lock()
+
+SPAWN_CHILDREN = 5000
+"""Children per spawn request (the server takes 10,000), as the TypeScript client sends."""
+WAIT_IDS = 20_000
+"""Children named per wait request."""
+
+
 class Attempt:
     """One attempt of a task as the worker holds it: its token, its spawn numbering, whether
     it was aborted; the protocol calls every context makes, as coroutines on the worker's
@@ -164,10 +172,27 @@ class Attempt:
         self.payload: Any = task.get("payload")
         self.lease_ms = lease_ms
         self.on_status = on_status
-        self.cancelled = threading.Event()
+        self._cancelled: threading.Event | None = None
+        self.aborted = False
         self.suspended = False
         self._next_seq = 0
         self._free_seqs: list[int] = []
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Made when first asked for: most handlers never look, and an Event per task costs."""
+        with _EVENTS:
+            if self._cancelled is None:
+                self._cancelled = threading.Event()
+                if self.aborted:
+                    self._cancelled.set()
+            return self._cancelled
+
+    def abort(self) -> None:
+        with _EVENTS:
+            self.aborted = True
+            if self._cancelled is not None:
+                self._cancelled.set()
 
     @property
     def ref(self) -> w.HeartbeatRequestItem:
@@ -205,30 +230,52 @@ class Attempt:
     async def spawn(self, children: Sequence[Child]) -> list[TaskHandle]:
         self.check()
         keys, seqs = self._keys(children)
+        handles: list[TaskHandle] = []
         try:
             wire = [c.wire(keys[i], f"children[{i}]") for i, c in enumerate(children)]
-            body: w.SpawnRequest = {
-                "items": [{"id": self.id, "token": self.token, "children": wire}]
-            }
-            r = await self.transport.call("POST", "/v1/worker/spawn", body)
-            item = r["items"][0]
-            if "error" in item:
-                e = item["error"]
-                raise error_from_item(str(e.get("code")), str(e.get("message")))
+            # Usually one request, one transaction. More children than one request may carry
+            # go in several, in order: safe, as each child's key makes it idempotent.
+            for i in range(0, max(1, len(wire)), SPAWN_CHILDREN):
+                body: w.SpawnRequest = {
+                    "items": [
+                        {
+                            "id": self.id,
+                            "token": self.token,
+                            "children": wire[i : i + SPAWN_CHILDREN],
+                        }
+                    ]
+                }
+                r = await self.transport.call("POST", "/v1/worker/spawn", body)
+                item = r["items"][0]
+                if "error" in item:
+                    e = item["error"]
+                    raise error_from_item(str(e.get("code")), str(e.get("message")))
+                handles += [TaskHandle.from_wire(h) for h in item["children"]]
         except BaseException:
             # A spawn that failed gives its numbers back, lowest first, as in TypeScript.
             self._free_seqs.extend(seqs)
             self._free_seqs.sort()
             raise
-        return [TaskHandle.from_wire(h) for h in item["children"]]
+        return handles
 
     async def wait(self, handles: Sequence[TaskHandle | str] | None) -> list[Outcome]:
         self.check()
-        item: w.WaitRequestItem = {"id": self.id, "token": self.token}
         if handles is None:
+            return await self._wait_once(None)
+        ids = [h.id if isinstance(h, TaskHandle) else h for h in handles]
+        # More children than one request may name: a slice at a time. A slice not settled
+        # suspends the task, whose re-run finds the earlier slices settled.
+        outcomes: list[Outcome] = []
+        for i in range(0, max(1, len(ids)), WAIT_IDS):
+            outcomes += await self._wait_once(ids[i : i + WAIT_IDS])
+        return outcomes
+
+    async def _wait_once(self, ids: list[str] | None) -> list[Outcome]:
+        item: w.WaitRequestItem = {"id": self.id, "token": self.token}
+        if ids is None:
             item["all"] = True
         else:
-            item["ids"] = [h.id if isinstance(h, TaskHandle) else h for h in handles]
+            item["ids"] = ids
         repeated = False
 
         def again(_: Exception) -> None:

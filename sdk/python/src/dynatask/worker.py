@@ -103,6 +103,11 @@ def _payload_adapter(fn: Callable[..., Any]) -> tuple[bool, pydantic.TypeAdapter
     except Exception:
         hints = {}
     ann = hints.get(params[1].name, params[1].annotation)
+    if isinstance(ann, str):
+        raise ValidationError(
+            f"handler {fn.__qualname__}: its payload annotation {ann!r} does not resolve "
+            "(define the type at module level, or annotate the payload `dict[str, Any]`)"
+        )
     if ann in (inspect.Parameter.empty, Any, object, dict) or typing.get_origin(ann) is dict:
         return True, None
     return True, pydantic.TypeAdapter(ann)
@@ -127,6 +132,11 @@ def _succeeded(a: Attempt, result: Any) -> _Outcome:
     except Exception as e:
         message = f"result of task {a.id} is not JSON-serialisable: {e}"
         return {"error": {"name": "InvalidResult", "message": message, "retryable": False}}
+
+
+def _type_name(adapter: pydantic.TypeAdapter[Any]) -> str:
+    t = adapter.core_schema.get("cls")
+    return getattr(t, "__qualname__", None) or str(adapter).removeprefix("TypeAdapter")
 
 
 def task_error(e: BaseException) -> w.ReportRequestFailedError:
@@ -294,7 +304,15 @@ class Worker:
                 "namespace": self.namespace,
                 "types": [h.settings for h in self._handlers.values()],
             }
-            await self._transport.call("POST", "/v1/worker/types", types)
+            # Until the server answers (the transport tries for a while), a stop still stops.
+            register = loop.create_task(self._transport.call("POST", "/v1/worker/types", types))
+            stopped = loop.create_task(self._stopping.wait())
+            await asyncio.wait({register, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not register.done():
+                register.cancel()
+                return
+            register.result()
             self.ready = True
             await self._claim_loop()
             await self._drain()
@@ -378,7 +396,7 @@ class Worker:
             want = self._want()
             if self._completed or self._failed:
                 # Outcomes and the next claim in one round trip: freed slots refill at once.
-                await self._flush(claim=want)
+                await self._flush(claim=True)
                 continue
             if want <= 0:
                 await self._wake.wait()
@@ -445,19 +463,20 @@ class Worker:
             timeout_ms = t.get("timeoutMs")
             if isinstance(timeout_ms, int):
                 entry.timer = self._loop.call_later(timeout_ms / 1000, self._timed_out, entry)
+            adapter = handler.adapter
             try:
                 entry.payload = (
-                    handler.adapter.validate_python(attempt.payload)
-                    if handler.adapter is not None
-                    else attempt.payload
+                    attempt.payload if adapter is None else adapter.validate_python(attempt.payload)
                 )
             except pydantic.ValidationError as e:
+                assert adapter is not None
+                what = f"the payload of {handler.type} task {attempt.id}"
+                what += f" is no {_type_name(adapter)}"
                 self._finish(
                     entry,
                     error={
                         "name": "PayloadValidationError",
-                        "message": f"the payload of {handler.type} task {attempt.id} does not "
-                        f"validate as {handler.adapter!r}: {e}"[:MAX_TEXT],
+                        "message": f"{what}: {e}"[:MAX_TEXT],
                         "retryable": False,
                     },
                 )
@@ -492,10 +511,13 @@ class Worker:
         not in one wake-up of the loop per task."""
         a = entry.attempt
         outcome: _Outcome
-        if entry.aborted is not None:
+        with self._outcomes_lock:
+            # Under the lock a drain reads it with: a task it gives back never starts here.
+            run = entry.aborted is None
+            entry.started = run
+        if not run:
             outcome = {"suspended": a.suspended}
         else:
-            entry.started = True
             h = entry.handler
             ctx = TaskContext(a)
             try:
@@ -532,7 +554,7 @@ class Worker:
         if entry.aborted is not None:
             return
         entry.aborted = why
-        entry.attempt.cancelled.set()
+        entry.attempt.abort()
         if entry.handler.is_async and entry.runner is not None:
             entry.runner.cancel()
 
@@ -577,9 +599,9 @@ class Worker:
         # Outcomes that finish while this report is under way go in the next one, as long as
         # the poll lasts (after it, the claim loop reports them with its next claim).
         while self._poll is not None and (self._completed or self._failed):
-            await self._flush(claim=0)
+            await self._flush(claim=False)
 
-    async def _flush(self, claim: int) -> None:
+    async def _flush(self, claim: bool) -> None:
         assert self._flush_lock is not None
         async with self._flush_lock:
             await asyncio.sleep(0)  # outcomes of this turn join the batch
@@ -587,7 +609,9 @@ class Worker:
             self._completed, self._failed = [], []
             if not completed and not failed:
                 return
-            want = claim if self._poll is None else 0
+            # The slots these outcomes free count: they are refilled in the same round trip.
+            free = self.concurrency - len(self._running) + len(completed) + len(failed)
+            want = min(free, self.batch_size) if claim and self._poll is None else 0
             await self._report(completed, failed, want)
 
     async def _report(
@@ -693,16 +717,21 @@ class Worker:
         their outcomes are reported; what never started is given back."""
         assert self._wake is not None
         assert self._loop is not None
-        unstarted = [e for e in self._running.values() if not e.started and not e.done]
+        with self._outcomes_lock:
+            unstarted = [e for e in self._running.values() if not e.started and not e.done]
+            for e in unstarted:
+                e.aborted = "released"
         for e in unstarted:
-            self._abort(e, "released")
+            e.attempt.abort()
+            if e.runner is not None:
+                e.runner.cancel()
             self._running.pop(e.key, None)
         if unstarted:
             await self._release([e.key for e in unstarted])
         deadline = time.monotonic() + self.grace
         while self._running or self._completed or self._failed:
             if self._completed or self._failed:
-                await self._flush(claim=0)
+                await self._flush(claim=False)
                 continue
             left = deadline - time.monotonic()
             if left <= 0 or self.grace <= 0:
@@ -728,7 +757,7 @@ class Worker:
                 )
             )
         if self._failed or self._completed:
-            await self._flush(claim=0)
+            await self._flush(claim=False)
         if late:
             log.warning("dynatask worker: %d handlers still running after the grace", len(late))
 
