@@ -280,6 +280,8 @@ class RunState:
     suspended: dict[str, int] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     max_running: dict[str, int] = field(default_factory=dict)
+    starts: list[str] = field(default_factory=list)
+    """Task ids in the order their handler runs started."""
     active: int = 0
     problems: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
@@ -668,6 +670,7 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
 
             def sync_handler(ctx: TaskContext, payload: Any) -> Any:
                 run.inc(run.runs, type)
+                run.starts.append(ctx.task_id)
                 run.add_active(type, 1)
                 try:
                     on_start(ctx.task_id, ctx.attempt)
@@ -680,6 +683,7 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
 
             async def async_handler(ctx: AsyncTaskContext, payload: Any) -> Any:
                 run.inc(run.runs, type)
+                run.starts.append(ctx.task_id)
                 run.add_active(type, 1)
                 try:
                     on_start(ctx.task_id, ctx.attempt)
@@ -768,6 +772,14 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
                 got["error"] = _pick(t.error, want["error"])
             if "progress" in want:
                 got["progress"] = t.progress
+            if "startDelayAtLeastMs" in want:
+                full = observer.get_task(t.id)
+                first = min(full.attempts, key=lambda r: r.attempt, default=None)
+                started = first.started_at if first is not None else full.started_at
+                delay = -1 if started is None else _ms(started - t.created_at)
+                bound = want["startDelayAtLeastMs"]
+                # At least as long as asked shows as the bound itself, shorter as it was.
+                got["startDelayAtLeastMs"] = bound if delay >= bound else delay
             if "failedAttempts" in want or "retryGapsAtLeastMs" in want:
                 full = observer.get_task(t.id)
                 records = sorted(full.attempts, key=lambda r: r.attempt)
@@ -801,6 +813,18 @@ def run_scenario(s: dict[str, Any], url: str, flavour: str) -> tuple[Any, Any, l
                 k: most if run.max_running.get(k, 0) <= most else run.max_running[k]
                 for k, most in x["maxRunning"].items()
             }
+        if "startOrder" in x:
+            listed = set(x["startOrder"])
+            order: list[str] = []
+            for task_id in run.starts:
+                started_path = path_by_id.get(task_id)
+                if (
+                    started_path is not None
+                    and started_path in listed
+                    and started_path not in order
+                ):
+                    order.append(started_path)
+            actual["startOrder"] = order
         if "progressEvents" in x:
             seen: dict[str, list[Any]] = {p: [] for p in x["progressEvents"]}
             for e in events:
