@@ -56,6 +56,8 @@ REPORT_BYTES = 512 * 1024
 REPORT_RETRY_FOR = 120.0
 """How long outcomes whose report failed are tried again before their leases decide."""
 DEFAULT_LEASE_MS = 30_000
+BATCH_WAIT = 0.001
+"""How long outcomes wait for plain handlers still running, to share their report."""
 CANCEL_POLL = 1.0
 """While handlers run, heartbeats go at least this often: they also bring cancellations."""
 
@@ -384,6 +386,13 @@ class Worker:
             body["leaseMs"] = self.lease_ms
         return body
 
+    def _threads_busy(self) -> bool:
+        """Whether some plain handler is running beside the outcomes waiting to be reported."""
+        waiting = len(self._completed) + len(self._failed)
+        return len(self._running) > waiting and any(
+            not e.done and not e.handler.is_async for e in self._running.values()
+        )
+
     def _want(self) -> int:
         return min(self.concurrency - len(self._running), self.batch_size)
 
@@ -395,6 +404,10 @@ class Worker:
         while not self._stopping.is_set():
             want = self._want()
             if self._completed or self._failed:
+                if self._threads_busy():
+                    # Plain handlers finish one by one on their threads: a millisecond lets
+                    # those about to finish join this batch (fewer, fuller round trips).
+                    await asyncio.sleep(BATCH_WAIT)
                 # Outcomes and the next claim in one round trip: freed slots refill at once.
                 await self._flush(claim=True)
                 continue
