@@ -359,13 +359,19 @@ def seconds(ms: Any) -> float:
     return float(ms) / 1000
 
 
-def spawn_options(o: dict[str, Any]) -> dict[str, Any]:
-    """A scenario's spawn options as the keyword arguments of ``ctx.spawn`` and ``Child``."""
+def spawn_options(
+    o: dict[str, Any], handle: Callable[[Any], TaskHandle] | None = None
+) -> dict[str, Any]:
+    """A scenario's spawn options as the keyword arguments of ``ctx.spawn`` and ``Child``;
+    ``handle`` turns an ``after`` entry that is a {"$ref"} into the handle it names."""
     concurrency = o.get("concurrency") or {}
+    after = o.get("after")
+    if after is not None and handle is not None:
+        after = [x if isinstance(x, str) else handle(x) for x in after]
     return {
         "key": o.get("key"),
         "dedup_key": o.get("dedupKey"),
-        "after": o.get("after"),
+        "after": after,
         "priority": o.get("priority"),
         "delay": seconds(o["delayMs"]) if "delayMs" in o else None,
         "max_attempts": o.get("maxAttempts"),
@@ -379,9 +385,11 @@ def spawn_options(o: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_of(spec: dict[str, Any], vars: dict[str, Any]) -> Child:
+def child_of(
+    spec: dict[str, Any], vars: dict[str, Any], handle: Callable[[Any], TaskHandle]
+) -> Child:
     payload = evaluate(spec.get("payload"), vars)
-    return Child(spec["type"], payload, **spawn_options(spec.get("options") or {}))
+    return Child(spec["type"], payload, **spawn_options(spec.get("options") or {}, handle))
 
 
 class Performer:
@@ -405,6 +413,10 @@ class Performer:
         v = {"type": h.type, "key": h.key, "created": h.created, "own": own}
         self.handles[id(v)] = h
         return v
+
+    def handle_ref(self, ref: Any) -> TaskHandle:
+        """The handle behind the view a {"$ref"} evaluates to."""
+        return self.handles[id(evaluate(ref, self.vars))]
 
     def handles_of(self, names: str | list[str] | None) -> list[TaskHandle] | None:
         if names is None:
@@ -472,10 +484,10 @@ class Performer:
             try:
                 if do == "spawn":
                     payload = evaluate(a.get("payload"), self.vars)
-                    options = spawn_options(a.get("options") or {})
+                    options = spawn_options(a.get("options") or {}, self.handle_ref)
                     value = self.view(ctx.spawn(a["type"], payload, **options))
                 elif do == "spawnMany":
-                    kids = [child_of(c, self.vars) for c in a["children"]]
+                    kids = [child_of(c, self.vars, self.handle_ref) for c in a["children"]]
                     value = [self.view(h) for h in ctx.spawn_many(kids)]
                 elif do == "waitAll":
                     try:
@@ -529,10 +541,10 @@ class Performer:
             try:
                 if do == "spawn":
                     payload = evaluate(a.get("payload"), self.vars)
-                    options = spawn_options(a.get("options") or {})
+                    options = spawn_options(a.get("options") or {}, self.handle_ref)
                     value = self.view(await ctx.spawn(a["type"], payload, **options))
                 elif do == "spawnMany":
-                    kids = [child_of(c, self.vars) for c in a["children"]]
+                    kids = [child_of(c, self.vars, self.handle_ref) for c in a["children"]]
                     value = [self.view(h) for h in await ctx.spawn_many(kids)]
                 elif do == "waitAll":
                     try:
