@@ -52,12 +52,21 @@ def test_spawn_and_resume_get_the_same_children(server: ServerProcess, api: Api,
         runs.append([h.id for h in handles])
         return sum(ctx.wait_all(handles))
 
+    # The leaves finish only once the root has suspended in its wait, so that it surely runs
+    # again (a fast worker could otherwise settle them before the wait).
+    suspended = threading.Event()
+
     @w.task("leaf")
     async def leaf(ctx: AsyncTaskContext, payload: dict[str, Any]) -> int:
+        await asyncio.to_thread(suspended.wait, 30)
         return int(payload["n"]) * 2
 
     for _ in serve(w):
-        job = api.settled(api.submit("root", {"n": 3}, namespace=ns))
+        job_id = api.submit("root", {"n": 3}, namespace=ns)
+        root_id = api.job(job_id)["rootTaskId"]
+        api.until("the root to suspend", lambda r=root_id: api.task(r)["state"] == "waiting")
+        suspended.set()
+        job = api.settled(job_id)
     assert job["state"] == "succeeded", job
     assert job["result"] == 2 * (0 + 1 + 2 + 10)
     assert len(runs) == 2, "suspended once, re-run once"
