@@ -12,10 +12,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod error;
 pub mod transport;
 pub mod wire;
 
+pub use client::{new_job_id, Client, EventKind, EventStream, JobFilter};
 pub use error::{Error, Result};
 pub use transport::{CallOptions, Method, Transport, DEFAULT_URL};
-pub use wire::Outcome;
+pub use wire::{
+    Event, JobInfo, JobState, JobSummary, Outcome, SubmitJob, SubmitOptions, SubmittedJob,
+    TaskError, TaskInfo, TaskState,
+};
