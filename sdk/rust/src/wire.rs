@@ -458,3 +458,446 @@ impl Event {
         }
     }
 }
+
+// -- the worker protocol (`/v1/worker/*`) ------------------------------------------------
+
+/// One claim of tasks (`POST /v1/worker/claim`, or `claim` of a report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The namespace (`default` when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The types served.
+    pub types: Vec<String>,
+    /// How many tasks at most.
+    pub limit: u32,
+    /// The lease of each claimed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// The worker's id (for `/v1/worker/stop` and the task's `workerId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// An id of this claim, so that a repeated claim (after a lost answer) returns the same
+    /// tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
+    /// How long to long-poll when nothing is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// A claimed task: its attempt is held by `token` until its lease expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimedTask {
+    /// The task's id.
+    pub id: String,
+    /// Its job's id.
+    pub job_id: String,
+    /// Its parent's id.
+    pub parent_id: Option<String>,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Its payload.
+    pub payload: Value,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The attempt token, named in every call about the attempt.
+    pub token: u32,
+    /// Time allowed for the attempt.
+    pub timeout_ms: Option<u64>,
+    /// When the attempt started.
+    pub started_at: u64,
+    /// When its lease expires unless heartbeated.
+    pub lease_expires_at: u64,
+}
+
+/// The answer of `POST /v1/worker/claim`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimResult {
+    /// The tasks claimed (none when the long poll ran out).
+    pub tasks: Vec<ClaimedTask>,
+}
+
+/// An attempt: a task and its attempt token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRef {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+}
+
+/// A completed attempt of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completed {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// The result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// The error of a failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedError {
+    /// The error's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What went wrong.
+    pub message: String,
+    /// A stack trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// `false`: no further attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+}
+
+/// A failed attempt of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failed {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// Its error.
+    pub error: FailedError,
+}
+
+/// The body of `POST /v1/worker/report`: completions, failures and the next claim at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// Attempts that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Vec<Completed>>,
+    /// Attempts that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Vec<Failed>>,
+    /// The next claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimRequest>,
+}
+
+/// Whether an item of a batch was taken (`ok`) or its attempt no longer holds the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// Taken.
+    Ok,
+    /// The attempt token no longer holds the task.
+    Stale,
+}
+
+/// The answer of `POST /v1/worker/report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportResult {
+    /// One status per completion, in order.
+    pub completed: Vec<ItemStatus>,
+    /// One status per failure, in order.
+    pub failed: Vec<ItemStatus>,
+    /// The tasks of the claim.
+    pub tasks: Vec<ClaimedTask>,
+}
+
+/// The body of `POST /v1/worker/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The attempts to extend.
+    pub items: Vec<AttemptRef>,
+    /// Their new lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// What a heartbeat learnt of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeartbeatStatus {
+    /// Extended.
+    Ok,
+    /// The task was cancelled: stop.
+    Cancelled,
+    /// The attempt no longer holds the task.
+    Lost,
+}
+
+/// The answer of `POST /v1/worker/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResult {
+    /// One status per item, in order.
+    pub items: Vec<HeartbeatStatus>,
+}
+
+/// The body of `POST /v1/worker/release` (attempts given back unstarted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The attempts.
+    pub items: Vec<AttemptRef>,
+}
+
+/// The answer of `POST /v1/worker/release`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseResult {
+    /// One status per item, in order.
+    pub items: Vec<ItemStatus>,
+}
+
+/// Options of a spawned child; `key` names it among its siblings (a re-run that spawns the
+/// same key gets the same child).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpawnOptions {
+    /// Attempts at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The first retry's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// The longest backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// Higher runs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Not before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
+    /// Not before this delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Time allowed per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// A concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The spawn key.
+    pub key: String,
+    /// A key deduplicating across the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    /// Keys of siblings (or ids) it runs after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+    /// Run even when those did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_regardless: Option<bool>,
+    /// Its failure does not fail the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_failure: Option<bool>,
+}
+
+/// A child of a spawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnChild {
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Its payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// Its options (with its key).
+    pub options: SpawnOptions,
+}
+
+/// The children one attempt spawns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnItem {
+    /// The parent's id.
+    pub id: String,
+    /// The parent's attempt token.
+    pub token: u32,
+    /// The children.
+    pub children: Vec<SpawnChild>,
+}
+
+/// The body of `POST /v1/worker/spawn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// One item per parent attempt.
+    pub items: Vec<SpawnItem>,
+}
+
+/// A spawned child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskHandle {
+    /// Its id.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Its key.
+    pub key: String,
+    /// `false` when it existed already (a re-run spawning the same key).
+    pub created: bool,
+    /// Its parent's id.
+    pub parent_id: Option<String>,
+}
+
+/// The error of one item of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemErrorBody {
+    /// The server's code (`stale_attempt`, `invalid_request`, ...).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// An item of a batch that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemError {
+    /// The error.
+    pub error: ItemErrorBody,
+}
+
+impl From<ItemError> for crate::Error {
+    fn from(e: ItemError) -> Self {
+        crate::Error::from_code(0, &e.error.code, e.error.message, None)
+    }
+}
+
+/// What a spawn item gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SpawnItemResult {
+    /// The children, in order.
+    Spawned {
+        /// The children.
+        children: Vec<TaskHandle>,
+    },
+    /// The item failed.
+    Error(ItemError),
+}
+
+/// The answer of `POST /v1/worker/spawn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnResult {
+    /// One per item, in order.
+    pub items: Vec<SpawnItemResult>,
+}
+
+/// A durable wait of one attempt: for all its children (`all`), or for the given `ids`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitItem {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// Wait for all children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    /// Wait for these tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+}
+
+/// The body of `POST /v1/worker/wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRequest {
+    /// One item per attempt.
+    pub items: Vec<WaitItem>,
+}
+
+/// What a wait item gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WaitItemResult {
+    /// Everything waited for had settled: the outcomes (`suspended: false`).
+    Outcomes {
+        /// `false`.
+        suspended: bool,
+        /// The outcomes, in order.
+        outcomes: Vec<Outcome>,
+    },
+    /// The attempt is suspended (`suspended: true`): end the handler, it runs again later.
+    Suspended {
+        /// `true`.
+        suspended: bool,
+    },
+    /// The item failed.
+    Error(ItemError),
+}
+
+/// The answer of `POST /v1/worker/wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitResult {
+    /// One per item, in order.
+    pub items: Vec<WaitItemResult>,
+}
+
+/// The body of `POST /v1/worker/steps/get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepGetRequest {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// The step's name.
+    pub name: String,
+}
+
+/// The body of `POST /v1/worker/steps/put`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepPutRequest {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// The step's name.
+    pub name: String,
+    /// Its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// A memoised step's value, if found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepValue {
+    /// Whether the step had run.
+    pub found: bool,
+    /// Its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// The body of `POST /v1/worker/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    /// The task's id.
+    pub id: String,
+    /// The attempt token.
+    pub token: u32,
+    /// The progress.
+    pub progress: Value,
+}
+
+/// The body of `POST /v1/worker/stop` (the worker stopped: its types are no longer served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerStopRequest {
+    /// The worker's id.
+    pub worker_id: String,
+}

@@ -15,42 +15,67 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use dynatask::wire::{
+    ClaimRequest, ClaimResult, ClaimedTask, Completed, Failed, FailedError, ItemStatus,
+    ReportRequest, ReportResult,
+};
+
 /// Claims one task of `task_type` in `namespace` (long-polling) and reports `outcome` of its
-/// payload: `Ok(result)` completes it, `Err(message)` fails it (not retryable).
+/// payload (typed wire types all the way): `Ok(result)` completes it, `Err(message)` fails it (not retryable).
 async fn run_one(
     transport: &Transport,
     namespace: &str,
     task_type: &str,
     outcome: impl Fn(&Value) -> Result<Value, String>,
-) -> Value {
+) -> ClaimedTask {
     let opts = CallOptions {
         timeout: Some(std::time::Duration::from_secs(20)),
         ..CallOptions::default()
     };
-    let claimed: Value = transport
-        .call_with(
-            Method::POST,
-            "/v1/worker/claim",
-            Some(
-                &json!({"namespace": namespace, "types": [task_type], "limit": 1, "waitMs": 10000}),
-            ),
-            &opts,
-        )
+    let claim = ClaimRequest {
+        namespace: Some(namespace.to_owned()),
+        types: vec![task_type.to_owned()],
+        limit: 1,
+        wait_ms: Some(10_000),
+        claim_id: Some(dynatask::new_job_id()),
+        ..ClaimRequest::default()
+    };
+    let claimed: ClaimResult = transport
+        .call_with(Method::POST, "/v1/worker/claim", Some(&claim), &opts)
         .await
         .unwrap();
-    let task = claimed["tasks"][0].clone();
-    assert!(task.is_object(), "no {task_type} task claimed: {claimed}");
-    let (id, token) = (task["id"].clone(), task["token"].clone());
-    let body = match outcome(&task["payload"]) {
-        Ok(result) => json!({"completed": [{"id": id, "token": token, "result": result}]}),
-        Err(message) => json!({"failed": [{"id": id, "token": token,
-            "error": {"name": "Error", "message": message, "retryable": false}}]}),
+    let task = claimed.tasks.into_iter().next().expect("a task claimed");
+    assert_eq!(task.task_type, task_type);
+    let (id, token) = (task.id.clone(), task.token);
+    let body = match outcome(&task.payload) {
+        Ok(result) => ReportRequest {
+            completed: Some(vec![Completed {
+                id,
+                token,
+                result: Some(result),
+            }]),
+            ..ReportRequest::default()
+        },
+        Err(message) => ReportRequest {
+            failed: Some(vec![Failed {
+                id,
+                token,
+                error: FailedError {
+                    name: Some("Error".into()),
+                    message,
+                    stack: None,
+                    retryable: Some(false),
+                },
+            }]),
+            ..ReportRequest::default()
+        },
     };
-    let report: Value = transport
+    let report: ReportResult = transport
         .call(Method::POST, "/v1/worker/report", Some(&body))
         .await
         .unwrap();
-    assert!(!report.to_string().contains("stale"), "{report}");
+    let statuses = [report.completed, report.failed].concat();
+    assert_eq!(statuses, [ItemStatus::Ok]);
     task
 }
 

@@ -123,6 +123,33 @@ fn wire_types_match_openapi_json() {
     round_trip::<wire::Event>("TaskEvent");
     round_trip::<wire::Event>("ProgressEvent");
     round_trip::<wire::Event>("JobEvent");
+    // The worker protocol.
+    round_trip::<wire::ClaimRequest>("ClaimRequest");
+    round_trip::<wire::ClaimedTask>("ClaimedTask");
+    round_trip::<wire::ClaimResult>("ClaimResult");
+    round_trip::<wire::ReportRequest>("ReportRequest");
+    round_trip::<wire::ReportResult>("ReportResult");
+    round_trip::<wire::HeartbeatRequest>("HeartbeatRequest");
+    round_trip::<wire::HeartbeatResult>("HeartbeatResult");
+    round_trip::<wire::ReleaseRequest>("ReleaseRequest");
+    round_trip::<wire::ReleaseResult>("ReleaseResult");
+    round_trip::<wire::SpawnOptions>("SpawnOptions");
+    round_trip::<wire::SpawnRequest>("SpawnRequest");
+    round_trip::<wire::SpawnResult>("SpawnResult");
+    round_trip::<wire::TaskHandle>("TaskHandle");
+    round_trip::<wire::ItemError>("ItemError");
+    round_trip::<wire::SpawnItemResult>("SpawnedChildren");
+    round_trip::<wire::SpawnItemResult>("ItemError");
+    round_trip::<wire::WaitRequest>("WaitRequest");
+    round_trip::<wire::WaitResult>("WaitResult");
+    round_trip::<wire::WaitItemResult>("WaitSuspended");
+    round_trip::<wire::WaitItemResult>("WaitOutcomes");
+    round_trip::<wire::WaitItemResult>("ItemError");
+    round_trip::<wire::StepGetRequest>("StepGetRequest");
+    round_trip::<wire::StepPutRequest>("StepPutRequest");
+    round_trip::<wire::StepValue>("StepValue");
+    round_trip::<wire::ProgressRequest>("ProgressRequest");
+    round_trip::<wire::WorkerStopRequest>("WorkerStopRequest");
 }
 
 #[test]
