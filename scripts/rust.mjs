@@ -10,14 +10,19 @@
 // makes one per run) builds only the crate itself. Cargo.lock is committed; `--locked` keeps
 // it so. A missing cargo fails loudly: no skip.
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const crate = join(root, 'sdk', 'rust');
+// rustup installs into ~/.cargo/bin: put it on PATH when a shell profile did not.
+const cargoBin = join(process.env.CARGO_HOME || join(homedir(), '.cargo'), 'bin');
+const path = existsSync(cargoBin) ? `${process.env.PATH ?? ''}${delimiter}${cargoBin}` : process.env.PATH;
 const env = {
   ...process.env,
+  PATH: path,
   CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR || join(homedir(), '.cache', 'dynatask', 'cargo-target'),
   CARGO_TERM_COLOR: process.env.CARGO_TERM_COLOR || 'never',
 };
