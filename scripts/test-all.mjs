@@ -17,6 +17,13 @@ const steps = [
     ['scripts/python.mjs'],
     { postgres: true },
   ],
+  // cargo fmt --check, clippy -D warnings, cargo test on both stores (deps cached outside the clone).
+  [
+    'Rust SDK (rustfmt, clippy, cargo test), on SQLite and PostgreSQL',
+    'node',
+    ['scripts/rust.mjs'],
+    { postgres: true },
+  ],
   // The served OpenAPI document against the server's behaviour (bounded: under 3 minutes).
   ['contract (Schemathesis against openapi.json)', 'node', ['scripts/schemathesis.mjs']],
 ];

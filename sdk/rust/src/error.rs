@@ -113,6 +113,12 @@ pub enum Error {
     /// or payload, or an answer of the server).
     #[error("decode: {0}")]
     Decode(String),
+    /// A wait of the client (for a job to settle) ran out of time.
+    #[error("timed out: {message}")]
+    Timeout {
+        /// What was waited for.
+        message: String,
+    },
     /// A durable wait suspended the task: the handler must return this error as it is (the
     /// `?` operator does), and the task runs again, from the top, when what it waits for has
     /// settled. Not a failure.
@@ -244,6 +250,7 @@ impl Error {
             }
             Error::ChildTaskFailed { .. } => "child_task_failed",
             Error::Decode(_) => "decode",
+            Error::Timeout { .. } => "timeout",
             Error::Suspended => "suspended",
             Error::Task { .. } => "task_error",
         }

@@ -18,15 +18,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod context;
 pub mod error;
 pub mod transport;
 pub mod wire;
 pub mod worker;
 
+pub use client::{new_job_id, Client, EventKind, EventStream, JobFilter};
 pub use context::{Child, TaskContext, TaskHandle};
 pub use error::{Error, Result};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{CallOptions, Method, Transport, DEFAULT_URL};
-pub use wire::Outcome;
+pub use wire::{
+    Event, JobInfo, JobState, JobSummary, Outcome, SubmitJob, SubmitOptions, SubmittedJob,
+    TaskError, TaskInfo, TaskState,
+};
 pub use worker::{Handler, TaskType, Worker, WorkerBuilder};

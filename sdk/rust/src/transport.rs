@@ -118,6 +118,11 @@ impl Transport {
         self
     }
 
+    /// How long connection errors and 503 answers are retried.
+    pub fn retry_window(&self) -> Duration {
+        self.retry_for
+    }
+
     /// The server's base URL, without a trailing slash.
     pub fn url(&self) -> &str {
         &self.url
@@ -217,7 +222,6 @@ impl Transport {
 
     /// Opens a streaming GET (server-sent events): retried like a call until the server
     /// answers; an error answer is mapped to [`Error`].
-    #[allow(dead_code)] // the client's event stream uses it
     pub(crate) async fn open_stream(
         &self,
         path: &str,
