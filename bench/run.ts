@@ -14,6 +14,8 @@
  * (`python-sync/<store>`, on its thread pool) and coroutines (`python-async/<store>`). The
  * Python is $DYNATASK_PYTHON, else the .venv at the repository root (`npm run test:python`
  * creates it).
+ *
+ * With --compare, beside the peers in one interleaved run (median of 3): see compare.ts.
  */
 import { execFileSync, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -26,6 +28,7 @@ import { open } from '../src/index.js';
 import { buildServer } from '../src/server/server.js';
 import { isPostgresUrl } from '../src/store/open.js';
 import { parsePostgresUrl } from '../src/store/postgres/postgres-store.js';
+import { compare } from './compare.js';
 import { type Figures, WORKLOADS } from './workloads.js';
 
 interface Row {
@@ -81,8 +84,13 @@ async function main() {
       '--database <path|url>',
       'a SQLite file, or a postgres:// URL: each run gets a fresh schema there (default: a fresh temp SQLite file per run)',
     )
-    .option('--runs <n>', 'runs per workload; the median by seconds is reported', '1')
+    .option(
+      '--runs <n>',
+      'runs per workload; the median by seconds is reported (default 1; 3 with --compare)',
+    )
     .option('--http', 'through a dynatask server process: the workload runs as one remote worker')
+    .option('--compare', 'beside the peers (BullMQ, graphile-worker) in one interleaved run: see compare.ts')
+    .option('--anchors <dir>', 'the peer benchmark scripts for --compare (default: ../shared/anchors)')
     .option(
       '--python',
       'flat and latency also with one Python worker process (sync and async handlers), through a server',
@@ -92,10 +100,20 @@ async function main() {
     json?: boolean;
     only?: string;
     database?: string;
-    runs: string;
+    runs?: string;
     http?: boolean;
     python?: boolean;
+    compare?: boolean;
+    anchors?: string;
   }>();
+  if (opts.compare)
+    return compare({
+      runOurs: (name, db, http) => runOnce(name, db, http),
+      runs: Number(opts.runs ?? 3),
+      json: opts.json ?? false,
+      ...(opts.only ? { only: opts.only.split(',') } : {}),
+      ...(opts.anchors ? { anchors: opts.anchors } : {}),
+    });
   const database = opts.database ?? process.env.DYNATASK_DATABASE_URL;
   const names = opts.only ? opts.only.split(',') : Object.keys(WORKLOADS);
   for (const n of names) if (!WORKLOADS[n]) throw new Error(`unknown workload ${n}`);
@@ -108,7 +126,7 @@ async function main() {
   const modes: Array<PythonMode | undefined> = opts.python ? [undefined, 'sync', 'async'] : [undefined];
   for (const [name, python] of names.flatMap((n) => modes.map((m) => [n, m] as const))) {
     const runs: Row[] = [];
-    for (let i = 0; i < Number(opts.runs); i++)
+    for (let i = 0; i < Number(opts.runs ?? 1); i++)
       runs.push(await runOnce(name, database, (opts.http ?? false) || (opts.python ?? false), python));
     runs.sort((a, b) => a.seconds - b.seconds);
     const row = runs[Math.floor(runs.length / 2)]!;

@@ -11,4 +11,8 @@ export interface PrivatePostgres {
 }
 export function givenPostgresUrl(): string | undefined;
 export function pgBinary(name: string): string;
-export function startPostgres(opts?: { log?: (message: string) => void }): Promise<PrivatePostgres>;
+export function startPostgres(opts?: {
+  log?: (message: string) => void;
+  /** More server settings, `name=value`. */
+  settings?: string[];
+}): Promise<PrivatePostgres>;

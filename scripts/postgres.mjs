@@ -68,10 +68,10 @@ function runAs(user, bin, args, opts = {}) {
 }
 
 /**
- * Starts a private server. Returns its URL (superuser `postgres`, database `postgres`, over the
+ * Starts a private server (`settings`: more `name=value` server settings). Returns its URL (superuser `postgres`, database `postgres`, over the
  * unix socket) and `stop()`, which stops it and deletes its folder.
  */
-export async function startPostgres({ log = () => {} } = {}) {
+export async function startPostgres({ log = () => {}, settings: extra = [] } = {}) {
   const bin = pgBinary;
   const user = userInfo().uid === 0 ? process.env.DYNATASK_PG_USER || 'postgres' : undefined;
   const root = mkdtempSync(join(tmpdir(), 'dynatask-pg-'));
@@ -96,6 +96,7 @@ export async function startPostgres({ log = () => {} } = {}) {
     // Each test file runs several instances, each with its own pool.
     'max_connections=300',
     // fsync and synchronous_commit keep their defaults (on): no cheating on durability.
+    ...extra,
   ];
   const startServer = () =>
     runAs(user, bin('pg_ctl'), [
