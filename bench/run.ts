@@ -56,7 +56,8 @@ async function child(name: string, database: string, serverStore?: string) {
   const sampler = setInterval(() => {
     peak = Math.max(peak, process.memoryUsage().rss);
   }, 20);
-  const f: Figures = await w.run(dt, w.size, database);
+  const size = Number(process.env.DYNATASK_BENCH_SIZE || w.size);
+  const f: Figures = await w.run(dt, size, database);
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
   await dt.close();
@@ -90,6 +91,10 @@ async function main() {
     )
     .option('--http', 'through a dynatask server process: the workload runs as one remote worker')
     .option('--compare', 'beside the peers (BullMQ, graphile-worker) in one interleaved run: see compare.ts')
+    .option(
+      '--growth [sizes]',
+      'one job of each size (default 1000,10000,100000,1000000 tasks): the time per task as a job grows, peak memory, database size',
+    )
     .option('--anchors <dir>', 'the peer benchmark scripts for --compare (default: ../shared/anchors)')
     .option(
       '--python',
@@ -105,6 +110,7 @@ async function main() {
     python?: boolean;
     compare?: boolean;
     anchors?: string;
+    growth?: string | boolean;
   }>();
   if (opts.compare)
     return compare({
@@ -115,6 +121,7 @@ async function main() {
       ...(opts.anchors ? { anchors: opts.anchors } : {}),
     });
   const database = opts.database ?? process.env.DYNATASK_DATABASE_URL;
+  if (opts.growth) return growth(opts.growth, database, opts.http ?? false, opts.json ?? false);
   const names = opts.only ? opts.only.split(',') : Object.keys(WORKLOADS);
   for (const n of names) if (!WORKLOADS[n]) throw new Error(`unknown workload ${n}`);
   if (!opts.json)
@@ -140,6 +147,27 @@ async function main() {
             : ''),
       );
   }
+}
+
+/** The `grow` workload at each size, each on a fresh database; the time per task against the smallest. */
+async function growth(sizes: string | true, database: string | undefined, http: boolean, json: boolean) {
+  const ns = (sizes === true ? '1000,10000,100000,1000000' : sizes).split(',').map(Number);
+  if (!json)
+    console.log('tasks in the job   seconds  µs per task  vs first  peak MB  server peak MB  db MB/M tasks');
+  let first: number | undefined;
+  for (const n of ns) {
+    process.env.DYNATASK_BENCH_SIZE = String(n);
+    const row = await runOnce('grow', database, http);
+    const perTask = (row.seconds / row.tasks) * 1e6;
+    first ??= perTask;
+    const out = { ...row, us_per_task: +perTask.toFixed(1), vs_first: +(perTask / first).toFixed(2) };
+    if (json) console.log(JSON.stringify(out));
+    else
+      console.log(
+        `${String(row.tasks).padStart(16)} ${row.seconds.toFixed(2).padStart(9)} ${perTask.toFixed(1).padStart(12)} ${out.vs_first.toFixed(2).padStart(9)} ${String(row.peak_rss_mb).padStart(8)} ${String(row.server_peak_rss_mb ?? '').padStart(15)} ${String(row.db_mb_per_m_tasks ?? '').padStart(14)}`,
+      );
+  }
+  delete process.env.DYNATASK_BENCH_SIZE;
 }
 
 /** One run of a workload on a fresh database, measured, then deleted. */
@@ -207,15 +235,23 @@ function runChild(name: string, database: string, serverStore?: string): Promise
 async function runViaServer(name: string, database: string, python?: PythonMode): Promise<Row> {
   const server = fork(new URL(import.meta.url), ['--server', database], { execArgv: ['--import', 'tsx'] });
   const exited = new Promise<number | null>((r) => server.once('exit', r));
+  let stopped = false;
   try {
     const url = await new Promise<string>((resolve, reject) => {
       server.once('message', (m) => resolve((m as { url: string }).url));
       server.once('exit', (code) => reject(new Error(`bench server exited ${code}`)));
     });
     const store = isPostgresUrl(database) ? 'postgres' : 'sqlite';
-    return python ? runPython(name, url, store, python) : await runChild(name, url, store);
-  } finally {
+    const row = python ? runPython(name, url, store, python) : await runChild(name, url, store);
+    // The server's own peak: with a remote worker, the server holds no handler state.
+    const peak = new Promise<number>((r) =>
+      server.once('message', (m) => r((m as { peakRssMb: number }).peakRssMb)),
+    );
+    stopped = true;
     server.send({ type: 'stop' });
+    return { ...row, server_peak_rss_mb: await peak };
+  } finally {
+    if (!stopped) server.send({ type: 'stop' });
     await exited;
   }
 }
@@ -246,7 +282,14 @@ async function serve(database: string) {
   const dt = await open({ database });
   const server = await buildServer({ dt });
   process.send!({ url: await server.listen({ port: 0 }) });
-  process.on('message', async () => {
+  let peak = process.memoryUsage().rss;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  }, 20);
+  process.once('message', async () => {
+    clearInterval(sampler);
+    peak = Math.max(peak, process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
+    process.send!({ peakRssMb: Math.round(peak / 1024 / 1024) });
     await server.close();
     await dt.close();
     process.exit(0);

@@ -105,6 +105,38 @@ const chain: Workload = async (dt, depth) => {
 };
 
 /**
+ * Growth: one job of about `n` tasks, the root spawning chunks of 1,000 (one per thousand
+ * tasks) that each spawn their leaves, every parent waiting for its children. Timed from
+ * submit to the job's settling; the time per task, from 1k to 1M, shows what a job's size
+ * costs each of its tasks (`npm run bench -- --growth`).
+ */
+const grow: Workload = async (dt, n) => {
+  const chunks = Math.max(1, Math.round(n / 1000));
+  const leaves = Math.max(1, Math.floor((n - 1 - chunks) / chunks));
+  dt.handle('grow_root', async (ctx) => {
+    const kids = await ctx.spawnMany(
+      Array.from({ length: chunks }, () => ({ type: 'grow_chunk', payload: leaves })),
+    );
+    const counts = await ctx.waitAll<number>(kids);
+    return counts.reduce((a, b) => a + b, 1);
+  });
+  dt.handle('grow_chunk', async (ctx, count) => {
+    const kids = await ctx.spawnMany(
+      Array.from({ length: count as number }, () => ({ type: 'grow_leaf', payload: null })),
+    );
+    await ctx.waitAll(kids);
+    return (count as number) + 1;
+  });
+  dt.handle('grow_leaf', async () => null);
+  await dt.start();
+  const t0 = performance.now();
+  const job = await dt.submit('grow_root', null);
+  const total = (await job.result()) as number;
+  const seconds = (performance.now() - t0) / 1000;
+  return { tasks: total, seconds, latencies: [] };
+};
+
+/**
  * Idle worker, single submissions 5 ms apart: submit call start to handler start. On a store
  * that wakes other processes' workers (Postgres), also from a second instance on its own
  * connections, as another process would submit (`remote_p50_ms`, `remote_p99_ms`).
@@ -160,6 +192,11 @@ export const WORKLOADS: Record<string, { run: Workload; size: number; describe: 
   tree: { run: tree, size: 4, describe: 'fan-out 10 at each of 4 levels (11,111 tasks), parents wait' },
   chain: { run: chain, size: 1000, describe: 'chain of depth 1,000: each task spawns the next and waits' },
   latency: { run: latency, size: 200, describe: 'idle worker, 200 single submits 5 ms apart' },
+  grow: {
+    run: grow,
+    size: 100_000,
+    describe: 'one job of a root, chunks of 1,000 and their leaves (--growth sizes it)',
+  },
 };
 
 export { settleAll };
