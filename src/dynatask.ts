@@ -5,7 +5,8 @@
  */
 import { HttpPort } from './client/http-port.js';
 import type { TaskMap } from './engine/context.js';
-import { DEFAULTS, Engine } from './engine/engine.js';
+import { DEFAULTS } from './engine/defs.js';
+import { Engine } from './engine/engine.js';
 import { JobFailedError, ValidationError } from './engine/errors.js';
 import { LocalPort } from './engine/local-port.js';
 import type { DynataskPort, JobQuery, JobSummary } from './engine/port.js';

@@ -8,7 +8,7 @@
  * submissions by a job id chosen here.
  */
 import { hostname } from 'node:os';
-import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from '../engine/engine.js';
+import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from '../engine/defs.js';
 import { NotFoundError, StaleAttemptError, ValidationError } from '../engine/errors.js';
 import { newId } from '../engine/ids.js';
 import type {

@@ -7,7 +7,7 @@
  * or by the order of spawn calls), so the re-run gets the same children back; work that
  * must not repeat goes in `ctx.step`.
  */
-import type { SpawnSpec } from './engine.js';
+import type { SpawnSpec } from './defs.js';
 import { ChildTaskFailedError, SuspendSignal, ValidationError } from './errors.js';
 import { MAX_STEP_NAME_LENGTH } from './limits.js';
 import type { WorkerPort } from './port.js';

@@ -1,5 +1,8 @@
 /** Errors users throw or catch, and how errors become stored data. */
+import { ValidationError } from '../core/errors.js';
 import type { Outcome, TaskError } from './types.js';
+
+export { ConflictError, NotFoundError, StaleAttemptError, ValidationError } from '../core/errors.js';
 
 /** Throw this from a handler to fail the task at once, without retries. */
 export class NonRetryableError extends Error {
@@ -30,26 +33,6 @@ export class JobFailedError extends Error {
   ) {
     super(`job ${jobId} ${state}${error ? `: ${error.message}` : ''}`);
   }
-}
-
-/** An operation named a task or job that does not exist. */
-export class NotFoundError extends Error {
-  override name = 'NotFoundError';
-}
-
-/** A completion, heartbeat or spawn from an attempt that no longer holds the task (fencing). */
-export class StaleAttemptError extends Error {
-  override name = 'StaleAttemptError';
-}
-
-/** The operation does not apply to the task or job in its present state (e.g. retrying one that has not failed). */
-export class ConflictError extends Error {
-  override name = 'ConflictError';
-}
-
-/** Bad input from the caller: the message says what was wrong and where. */
-export class ValidationError extends Error {
-  override name = 'ValidationError';
 }
 
 /**

@@ -1,11 +1,12 @@
 /**
  * The engine port in this process: the Engine and its Store, with the read side (job and
  * task queries) and the worker's companions (lease sweeper, presence). A thin adapter: every
- * transition stays in engine.ts.
+ * transition stays in the engine's modules (see engine.ts).
  */
 import { hostname } from 'node:os';
 import type { ClaimRow, JobRow, Store } from '../store/store.js';
-import type { AttemptRef, Engine, SpawnSpec, WaitSpec } from './engine.js';
+import type { AttemptRef, SpawnSpec, WaitSpec } from './defs.js';
+import type { Engine } from './engine.js';
 import { NotFoundError } from './errors.js';
 import { newId } from './ids.js';
 import type {

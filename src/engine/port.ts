@@ -9,7 +9,7 @@
  * remotely, one HTTP request): the worker's round trip (outcomes of the handlers that finished,
  * then the next claim) is `report`.
  */
-import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from './engine.js';
+import type { AttemptRef, SpawnSpec, WaitResult, WaitSpec } from './defs.js';
 import type { DynataskEvent, JobInfo, SubmitOptions, TaskError, TaskHandle, TaskInfo } from './types.js';
 
 /**

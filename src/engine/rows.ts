@@ -1,7 +1,7 @@
 /** Building task rows from user input, validating it, and turning rows back into outcomes. */
 import type { OutcomeRow, TaskCore, TaskRow } from '../store/store.js';
 import { keySlot } from './batch.js';
-import type { AttemptRef, SpawnSpec } from './engine.js';
+import type { AttemptRef, SpawnSpec } from './defs.js';
 import { ValidationError } from './errors.js';
 import { newId } from './ids.js';
 import {

@@ -1,48 +1,11 @@
 /**
  * Public types of dynatask: task and job states, spawn options, outcomes and events.
- * The state machine is drawn in docs/state-machine.md.
+ * The state machine is drawn in docs/state-machine.md; the states themselves live in
+ * src/core/states.ts, below both the engine and the stores.
  */
+import type { JobState, TaskState } from '../core/states.js';
 
-/** States of a task. Settled states are final. */
-export type TaskState =
-  /** Spawned with `after:` dependencies that have not all succeeded yet. */
-  | 'blocked'
-  /** Eligible to be claimed by a worker once `runAt` has passed. */
-  | 'queued'
-  /** Claimed by a worker that holds a lease on it. */
-  | 'running'
-  /** Its handler suspended in a durable wait; resumes (re-queued) when the awaited children settle. */
-  | 'waiting'
-  /** Its handler finished but some children are still unsettled; settles with the last of them. */
-  | 'completing'
-  /** Settled: handler and whole subtree done, no unobserved child failure. */
-  | 'succeeded'
-  /** Settled: handler failed permanently, or a child failed and the task did not observe it. */
-  | 'failed'
-  /** Settled: cancelled by an operator or because an ancestor was cancelled or failed. */
-  | 'cancelled'
-  /** Settled: a dependency failed or was cancelled, so it never ran. */
-  | 'skipped';
-
-export const SETTLED_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled', 'skipped'];
-export const TASK_STATES: readonly TaskState[] = [
-  'blocked',
-  'queued',
-  'running',
-  'waiting',
-  'completing',
-  'succeeded',
-  'failed',
-  'cancelled',
-  'skipped',
-];
-
-export function isSettled(state: TaskState): boolean {
-  return state === 'succeeded' || state === 'failed' || state === 'cancelled' || state === 'skipped';
-}
-
-/** A job is `running` until its root task settles; then it takes the root's final state. */
-export type JobState = 'running' | 'succeeded' | 'failed' | 'cancelled';
+export { isSettled, type JobState, SETTLED_STATES, TASK_STATES, type TaskState } from '../core/states.js';
 
 /** JSON-serialisable values: payloads, results and step values are stored as JSON. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };

@@ -5,7 +5,7 @@
  * lease. It talks to the engine through a port: in this process, or a server over HTTP.
  */
 import { TaskContext, type TaskMap } from './context.js';
-import type { AttemptRef } from './engine.js';
+import type { AttemptRef } from './defs.js';
 import { SuspendSignal, toTaskError, ValidationError } from './errors.js';
 import type { PortTask, WorkerPort } from './port.js';
 import type { TaskError } from './types.js';

@@ -1,6 +1,9 @@
-/** What every route module of the server shares: the engine, the store and the server's state. */
+/**
+ * What every route module of the server shares: the engine, its store and the server's state.
+ * The server reaches the store only through the engine, never by importing src/store.
+ */
+import type { TypeConfigRow } from '../engine/defs.js';
 import type { Engine } from '../engine/engine.js';
-import type { Store, TypeConfigRow } from '../store/store.js';
 import type { Auth } from './auth.js';
 import type { ClaimMemory } from './claims.js';
 import type { Metrics } from './metrics.js';
@@ -17,10 +20,7 @@ export class TypeSettings {
   private readonly lastUsed = new Map<string, number>();
   private readonly loading = new Map<string, Promise<void>>();
 
-  constructor(
-    private readonly engine: Engine,
-    private readonly store: Store,
-  ) {}
+  constructor(private readonly engine: Engine) {}
 
   /** Namespaces seen so far. */
   namespaces(): string[] {
@@ -40,10 +40,8 @@ export class TypeSettings {
   }
 
   private async load(namespace: string): Promise<void> {
-    const [rows] = await Promise.all([
-      this.store.typeConfigs(namespace),
-      this.engine.loadTypeConfigs(namespace),
-    ]);
+    // One read refreshes both copies: the engine's and this one.
+    const rows = await this.engine.loadTypeConfigs(namespace);
     this.byNamespace.set(namespace, new Map(rows.map((r) => [r.type, r])));
   }
 
@@ -70,7 +68,8 @@ export interface ServerContext {
   engine: Engine;
   /** Recent claims' answers, by claim id (see claims.ts). */
   claims: ClaimMemory<ClaimedTaskView>;
-  store: Store;
+  /** The engine's store, for the reads the routes answer (`engine.store`). */
+  store: Engine['store'];
   auth: Auth;
   metrics: Metrics;
   wakeups: Wakeups;

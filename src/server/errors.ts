@@ -4,8 +4,8 @@
  * itself (a bug, the database down) is a 5xx.
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { isConnectionError } from '../core/connection.js';
 import { ConflictError, NotFoundError, StaleAttemptError, ValidationError } from '../engine/errors.js';
-import { isConnectionError } from '../store/postgres/postgres-store.js';
 
 /** The error codes of the contract (docs/http-api.md). */
 export type ErrorCode =

@@ -5,7 +5,7 @@
  * this server.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Store } from '../store/store.js';
+import type { Engine } from '../engine/engine.js';
 
 /** A grouped count of tasks, if the store offers one (see the report of the HTTP server work). */
 export class Metrics {
@@ -71,7 +71,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(store: Store) {
+  constructor(engine: Pick<Engine, 'countTasks'>) {
     new Gauge({
       name: 'dynatask_tasks',
       help: 'Queued and running tasks by namespace and type, across every process on the database',
@@ -81,7 +81,7 @@ export class Metrics {
       // across every process and stays cheap however many settled tasks the table holds.
       async collect() {
         this.reset();
-        for (const c of await store.countTasks())
+        for (const c of await engine.countTasks())
           this.set({ namespace: c.namespace, type: c.type, state: c.state }, c.n);
       },
     });

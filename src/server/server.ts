@@ -86,9 +86,9 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
   if (!engine) throw new Error('buildServer: give dt or engine');
   const store = engine.store;
   const auth = new Auth(opts.tokens ?? []);
-  const types = new TypeSettings(engine, store);
-  const metrics = new Metrics(store);
-  const wakeups = new Wakeups(engine, store);
+  const types = new TypeSettings(engine);
+  const metrics = new Metrics(engine);
+  const wakeups = new Wakeups(engine);
   const touched = new Map<string, number>();
   let draining = false;
 
@@ -100,7 +100,7 @@ export async function buildServer(opts: ServerOptions): Promise<DynataskServer> 
     metrics,
     wakeups,
     types,
-    pollMs: opts.pollMs ?? (store.onReady ? 5000 : 1000),
+    pollMs: opts.pollMs ?? (engine.hearsOtherProcesses ? 5000 : 1000),
     get draining() {
       return draining;
     },

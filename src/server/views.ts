@@ -2,7 +2,7 @@
  * Store rows as the wire shows them (schemas.ts): the API's views (src/engine/views.ts), whose
  * fields the route schemas filter, and the claimed task, which only workers over HTTP see.
  */
-import type { ClaimedTask } from '../engine/engine.js';
+import type { ClaimedTask } from '../engine/defs.js';
 import { parseJson } from '../engine/views.js';
 
 export { jobInfo, jobSummary, taskInfo, taskWithAttempts, typeConfigRows } from '../engine/views.js';

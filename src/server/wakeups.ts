@@ -1,10 +1,9 @@
 /**
- * Wake-ups for long-polling claims. One listener on the engine (transactions of this process)
- * and one on the store (other processes: PostgreSQL LISTEN/NOTIFY) serve every waiting claim,
- * rather than one subscription per request.
+ * Wake-ups for long-polling claims. Two listeners on the engine, one for transactions of this
+ * process and one for other processes' (the store's PostgreSQL LISTEN/NOTIFY), serve every
+ * waiting claim, rather than one subscription per request.
  */
 import type { Engine } from '../engine/engine.js';
-import type { Store } from '../store/store.js';
 
 interface Waiter {
   namespace: string;
@@ -24,7 +23,7 @@ export class Wakeups {
   private readonly unsubscribe: Array<() => void> = [];
   private closed = false;
 
-  constructor(engine: Engine, store: Store) {
+  constructor(engine: Engine) {
     // The engine says which types became ready, not in which namespace: a spurious wake-up
     // only costs one empty claim.
     this.unsubscribe.push(
@@ -32,7 +31,7 @@ export class Wakeups {
         for (const w of this.waiters) for (const t of types) if (w.types.has(t)) w.wake();
       }),
     );
-    const fromStore = store.onReady?.((notice) => {
+    const fromStore = engine.onReadyElsewhere((notice) => {
       for (const w of this.waiters)
         if (notice === null || (notice.namespace === w.namespace && notice.types.some((t) => w.types.has(t))))
           w.wake();

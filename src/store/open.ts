@@ -1,5 +1,5 @@
 /** Chooses the store from a database string: a postgres:// URL or a SQLite path. */
-import { ValidationError } from '../engine/errors.js';
+import { ValidationError } from '../core/errors.js';
 import { PostgresStore } from './postgres/postgres-store.js';
 import { SqliteStore } from './sqlite/sqlite-store.js';
 import type { Store } from './store.js';

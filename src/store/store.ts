@@ -3,7 +3,7 @@
  * reads and writes rows, in batches, inside one transaction per engine operation.
  * Every store must pass the conformance suite in test/conformance.
  */
-import type { JobState, TaskState } from '../engine/types.js';
+import type { JobState, TaskState } from '../core/states.js';
 
 /** A task row, as the engine reads and writes it. JSON columns hold serialised text. */
 export interface TaskRow {

@@ -1,5 +1,5 @@
 /** Jobs and tasks: submit, read, page through a tree, cancel and retry (operators and viewers). */
-import { DEFAULTS } from '../../engine/engine.js';
+import { DEFAULTS } from '../../engine/defs.js';
 import { NotFoundError } from '../../engine/errors.js';
 import type { SubmitOptions } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';

@@ -3,7 +3,7 @@
  * heartbeat, wait, spawn, progress and steps. Every call about an attempt carries its token;
  * a token that no longer holds the task is `stale` per item, or 409 on single-task calls.
  */
-import { type ClaimedTask, DEFAULTS } from '../../engine/engine.js';
+import { type ClaimedTask, DEFAULTS } from '../../engine/defs.js';
 import { NotFoundError, StaleAttemptError, ValidationError } from '../../engine/errors.js';
 import type { SpawnOptions, TaskError } from '../../engine/types.js';
 import type { ServerContext } from '../context.js';

@@ -23,8 +23,9 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import pg from 'pg';
-import { ValidationError } from '../../engine/errors.js';
-import type { TaskState } from '../../engine/types.js';
+import { isConnectionError } from '../../core/connection.js';
+import { ValidationError } from '../../core/errors.js';
+import type { TaskState } from '../../core/states.js';
 import { Mutex } from '../mutex.js';
 import type {
   AttemptRow,
@@ -86,26 +87,6 @@ const RETRYABLE = new Set([
 const MAX_TRIES = 8;
 
 /**
- * Errors of a lost or refused connection (server restarted or shutting down, backend
- * terminated, network): a transaction that had not sent its COMMIT can run again once the
- * server is back.
- */
-const CONNECTION_CODES = new Set([
-  '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
-  '57P02', // crash_shutdown
-  '57P03', // cannot_connect_now: starting up or shutting down
-  '08000', // connection_exception
-  '08001', // sqlclient_unable_to_establish_sqlconnection
-  '08003', // connection_does_not_exist
-  '08004', // sqlserver_rejected_establishment_of_sqlconnection
-  '08006', // connection_failure
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'EPIPE',
-  'ETIMEDOUT',
-  'ENOENT', // the unix socket is gone while the server restarts
-]);
-/**
  * A store transaction waits this long for a row lock, then rolls back and runs again later,
  * outside the store's one-at-a-time order: a row held by someone else's transaction (a
  * caller's `options.transaction`, in this process or another) must not stall every other
@@ -124,15 +105,6 @@ const DB_NOW = `SELECT ${DB_NOW_MS} AS now`;
 const RECONNECT_FIRST_MS = 50;
 const RECONNECT_MAX_MS = 1000;
 const RECONNECT_FOR_MS = 20_000;
-
-export function isConnectionError(e: unknown): boolean {
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
-  // pg's own errors for a connection that ended or broke carry no code.
-  return /Connection terminated|connection error|not queryable|Connection ended/i.test(
-    (e as Error)?.message ?? '',
-  );
-}
 
 /** A connection error at COMMIT: the transaction may or may not have committed. */
 export class CommitOutcomeUnknownError extends Error {

@@ -3,7 +3,7 @@
  * on the transaction's client. Each is one statement (one round trip) whatever the batch size.
  */
 import type pg from 'pg';
-import { ConflictError } from '../../engine/errors.js';
+import { ConflictError } from '../../core/errors.js';
 import type {
   AttemptRow,
   ClaimByIdsQuery,

@@ -9,7 +9,7 @@
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { TaskState } from '../../engine/types.js';
+import type { TaskState } from '../../core/states.js';
 import {
   CLAIM_COLUMNS as CLAIM,
   COMPLETED_COLUMNS as COMPLETED,
