@@ -26,7 +26,7 @@ import {
   StaleAttemptError,
   ValidationError,
 } from '../src/index.js';
-import { within } from './conformance/harness.js';
+import { untilState, within } from './conformance/harness.js';
 import { ChildHandle } from './fixtures/child.js';
 import { startServer, type TestServer } from './fixtures/http.js';
 import type { LeafResult, RemoteWorkerConfig } from './fixtures/remote-worker.js';
@@ -67,8 +67,17 @@ function worker(config: RemoteWorkerConfig): ChildHandle {
   return w;
 }
 
-/** Runs on both modes unchanged: spawns, a durable wait, a step, progress, an ignored failure. */
-function register(dt: Dynatask, runs: { report: number; query: number }) {
+/**
+ * Runs on both modes unchanged: spawns, a durable wait, a step, progress, an ignored failure.
+ * The parts run once `release` resolves, so that the test can let them go only after the
+ * report suspended (else, on a busy machine, they may all settle before it waits, and it
+ * never suspends).
+ */
+function register(
+  dt: Dynatask,
+  runs: { report: number; query: number },
+  release: Promise<void> = Promise.resolve(),
+) {
   dt.handle('report', async (ctx, p) => {
     runs.report++;
     const { parts } = p as { parts: number };
@@ -93,7 +102,10 @@ function register(dt: Dynatask, runs: { report: number; query: number }) {
       created: kids.map((k) => k.created),
     };
   });
-  dt.handle('part', async (_ctx, i) => (i as number) * 2);
+  dt.handle('part', async (_ctx, i) => {
+    await release;
+    return (i as number) * 2;
+  });
   dt.handle('bad', async () => {
     throw new NonRetryableError('no');
   });
@@ -106,9 +118,12 @@ describe('the same handlers in-process and against a server', () => {
     it(`${mode}: runs a job tree with spawns, a durable wait, steps and progress`, async () => {
       const dt = await openIn(mode);
       const runs = { report: 0, query: 0 };
-      register(dt, runs);
+      let release!: () => void;
+      register(dt, runs, new Promise<void>((r) => (release = r)));
       await dt.start();
       const job = await dt.submit('report', { parts: 20 });
+      await untilState(dt, job.rootTaskId, 'waiting', 30_000);
+      release();
       const result = await within(job.result(), 30_000, 'job');
       // The run that returns found its children spawned by the first run: nothing was created twice.
       expect(result).toEqual({ total: 100 + 380, bad: 'NonRetryableError', created: Array(20).fill(false) });
