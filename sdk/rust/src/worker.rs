@@ -60,6 +60,8 @@ const REPORT_BYTES: usize = 512 * 1024;
 /// How long outcomes whose report failed are tried again before their leases decide.
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(120);
 const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Turns of the scheduler a report waits at most for more outcomes of handlers still running.
+const COALESCE_TURNS: usize = 32;
 /// While handlers run, heartbeats go at least this often: they also bring cancellations.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
 
@@ -968,7 +970,22 @@ impl Inner {
 
     async fn flush(self: Arc<Self>, claim: bool) {
         let _guard = self.flush_lock.lock().await;
-        tokio::task::yield_now().await;
+        // Handlers just started often end within a few turns of the scheduler, on any of its
+        // threads: their outcomes go in this report (as one turn of the event loop batches them
+        // in TypeScript), not each few in a round trip of their own. Done once no more come.
+        let mut seen = usize::MAX;
+        for _ in 0..COALESCE_TURNS {
+            tokio::task::yield_now().await;
+            let (outcomes, open) = {
+                let st = lock(&self.state);
+                let open = st.running.values().any(|e| !e.done);
+                (st.completed.len() + st.failed.len(), open)
+            };
+            if outcomes == seen || !open {
+                break;
+            }
+            seen = outcomes;
+        }
         let (completed, failed, want) = {
             let mut st = lock(&self.state);
             let completed = std::mem::take(&mut st.completed);
