@@ -71,6 +71,7 @@ async function child(name: string, database: string, serverStore?: string) {
     p50_ms: +percentile(lat, 50).toFixed(2),
     p99_ms: +percentile(lat, 99).toFixed(2),
     peak_rss_mb: Math.round(peak / 1024 / 1024),
+    cpu_s: +((process.cpuUsage().user + process.cpuUsage().system) / 1e6).toFixed(2),
   };
   for (const [k, v] of Object.entries(f.extra ?? {})) row[k] = +v.toFixed(3);
   process.send!(row);

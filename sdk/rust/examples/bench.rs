@@ -153,7 +153,27 @@ fn figures(n: usize, seconds: f64, record: &Record) -> Value {
         "p50_ms": round(pct(50.0), 2),
         "p99_ms": round(pct(99.0), 2),
         "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": round(cpu_s(), 2),
     })
+}
+
+/// CPU time of the process so far, user and system, all threads (s): /proc/self/stat's
+/// utime and stime, in Linux's fixed 100 ticks a second; 0 where /proc is not there.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// The process's peak resident set (VmHWM), MB; 0 where /proc is not there.
