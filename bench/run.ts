@@ -15,12 +15,17 @@
  * Python is $DYNATASK_PYTHON, else the .venv at the repository root (`npm run test:python`
  * creates it).
  *
+ * With --rust (flat and latency only), each workload also runs with one Rust worker process
+ * (sdk/rust/examples/bench.rs, built first with `cargo build --release`; mode `rust/<store>`),
+ * on a fresh database behind a server process of its own. With --python too, all four run.
+ *
  * With --compare, beside the peers in one interleaved run (median of 3): see compare.ts.
+ * With --growth, one job of 1k to 1M tasks: the time per task as a job grows.
  */
 import { execFileSync, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import pg from 'pg';
@@ -71,6 +76,7 @@ async function child(name: string, database: string, serverStore?: string) {
     p50_ms: +percentile(lat, 50).toFixed(2),
     p99_ms: +percentile(lat, 99).toFixed(2),
     peak_rss_mb: Math.round(peak / 1024 / 1024),
+    cpu_s: +((process.cpuUsage().user + process.cpuUsage().system) / 1e6).toFixed(2),
   };
   for (const [k, v] of Object.entries(f.extra ?? {})) row[k] = +v.toFixed(3);
   process.send!(row);
@@ -100,6 +106,7 @@ async function main() {
       '--python',
       'flat and latency also with one Python worker process (sync and async handlers), through a server',
     )
+    .option('--rust', 'flat and latency also with one Rust worker process, through a server')
     .parse();
   const opts = program.opts<{
     json?: boolean;
@@ -111,6 +118,7 @@ async function main() {
     compare?: boolean;
     anchors?: string;
     growth?: string | boolean;
+    rust?: boolean;
   }>();
   if (opts.compare)
     return compare({
@@ -128,13 +136,19 @@ async function main() {
     console.log(
       'workload  mode                 tasks    seconds  tasks/s   p50 ms  p99 ms  peak MB  db MB/M tasks',
     );
-  if (opts.python && names.some((n) => !PYTHON_WORKLOADS.includes(n)))
-    throw new Error(`--python runs ${PYTHON_WORKLOADS.join(' and ')} only (--only flat,latency)`);
-  const modes: Array<PythonMode | undefined> = opts.python ? [undefined, 'sync', 'async'] : [undefined];
-  for (const [name, python] of names.flatMap((n) => modes.map((m) => [n, m] as const))) {
+  if ((opts.python || opts.rust) && names.some((n) => !PYTHON_WORKLOADS.includes(n)))
+    throw new Error(`--python and --rust run ${PYTHON_WORKLOADS.join(' and ')} only (--only flat,latency)`);
+  const modes: Array<WorkerMode | undefined> = [
+    undefined,
+    ...(opts.python ? (['sync', 'async'] as const) : []),
+    ...(opts.rust ? (['rust'] as const) : []),
+  ];
+  if (opts.rust) buildRust();
+  const viaServer = (opts.http ?? false) || (opts.python ?? false) || (opts.rust ?? false);
+  for (const [name, worker] of names.flatMap((n) => modes.map((m) => [n, m] as const))) {
     const runs: Row[] = [];
     for (let i = 0; i < Number(opts.runs ?? 1); i++)
-      runs.push(await runOnce(name, database, (opts.http ?? false) || (opts.python ?? false), python));
+      runs.push(await runOnce(name, database, viaServer, worker));
     runs.sort((a, b) => a.seconds - b.seconds);
     const row = runs[Math.floor(runs.length / 2)]!;
     if (opts.json) console.log(JSON.stringify(row));
@@ -175,9 +189,9 @@ async function runOnce(
   name: string,
   database: string | undefined,
   http: boolean,
-  python?: PythonMode,
+  worker?: WorkerMode,
 ): Promise<Row> {
-  const run = (db: string) => (http ? runViaServer(name, db, python) : runChild(name, db));
+  const run = (db: string) => (http ? runViaServer(name, db, worker) : runChild(name, db));
   if (database && isPostgresUrl(database)) {
     const server = parsePostgresUrl(database).url;
     const schema = `bench_${randomBytes(6).toString('hex')}`;
@@ -232,7 +246,7 @@ function runChild(name: string, database: string, serverStore?: string): Promise
 }
 
 /** Starts a server process on `database`, runs the workload's process against it, stops the server. */
-async function runViaServer(name: string, database: string, python?: PythonMode): Promise<Row> {
+async function runViaServer(name: string, database: string, worker?: WorkerMode): Promise<Row> {
   const server = fork(new URL(import.meta.url), ['--server', database], { execArgv: ['--import', 'tsx'] });
   const exited = new Promise<number | null>((r) => server.once('exit', r));
   let stopped = false;
@@ -242,7 +256,12 @@ async function runViaServer(name: string, database: string, python?: PythonMode)
       server.once('exit', (code) => reject(new Error(`bench server exited ${code}`)));
     });
     const store = isPostgresUrl(database) ? 'postgres' : 'sqlite';
-    const row = python ? runPython(name, url, store, python) : await runChild(name, url, store);
+    const row =
+      worker === 'rust'
+        ? runRust(name, url, store)
+        : worker
+          ? runPython(name, url, store, worker)
+          : await runChild(name, url, store);
     // The server's own peak: with a remote worker, the server holds no handler state.
     const peak = new Promise<number>((r) =>
       server.once('message', (m) => r((m as { peakRssMb: number }).peakRssMb)),
@@ -257,6 +276,8 @@ async function runViaServer(name: string, database: string, python?: PythonMode)
 }
 
 type PythonMode = 'sync' | 'async';
+/** The worker of a run through a server besides the TypeScript one. */
+type WorkerMode = PythonMode | 'rust';
 const PYTHON_WORKLOADS = ['flat', 'latency'];
 
 /** The workload in one Python worker process (sdk/python/bench/workloads.py) against the server at `url`. */
@@ -275,6 +296,37 @@ function runPython(name: string, url: string, store: string, mode: PythonMode): 
   );
   const figures = JSON.parse(out.trim().split('\n').pop()!) as Omit<Row, 'workload' | 'mode'>;
   return { workload: name, mode: `python-${mode}/${store}`, ...figures } as Row;
+}
+
+const cargoEnv = () => ({
+  ...process.env,
+  PATH: `${process.env.PATH ?? ''}:${join(homedir(), '.cargo', 'bin')}`,
+  CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR || join(homedir(), '.cache', 'dynatask', 'cargo-target'),
+});
+
+/** Builds sdk/rust/examples/bench.rs (optimised) once, before the runs; no cargo fails. */
+function buildRust() {
+  const crate = new URL('../sdk/rust', import.meta.url).pathname;
+  try {
+    execFileSync('cargo', ['build', '--release', '--locked', '--example', 'bench'], {
+      cwd: crate,
+      env: cargoEnv(),
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+  } catch (e) {
+    throw new Error(`--rust: cannot build the Rust benchmark (is cargo installed?): ${(e as Error).message}`);
+  }
+}
+
+/** The workload in one Rust worker process (sdk/rust/examples/bench.rs) against the server at `url`. */
+function runRust(name: string, url: string, store: string): Row {
+  const bin = join(cargoEnv().CARGO_TARGET_DIR, 'release', 'examples', 'bench');
+  const out = execFileSync(bin, [url, name, String(WORKLOADS[name]!.size)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const figures = JSON.parse(out.trim().split('\n').pop()!) as Omit<Row, 'workload' | 'mode'>;
+  return { workload: name, mode: `rust/${store}`, ...figures } as Row;
 }
 
 /** The server process of --http: serves `database` on a free port until told to stop. */

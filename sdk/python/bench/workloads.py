@@ -97,6 +97,7 @@ def latency(url: str, mode: str, n: int) -> dict[str, float]:
 
 def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
     lat = sorted(latencies)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
 
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
@@ -107,7 +108,8 @@ def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
         "tasks_per_s": round(n / seconds),
         "p50_ms": round(pct(50), 2),
         "p99_ms": round(pct(99), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
     }
 
 

@@ -16,44 +16,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::transport::{Method, Transport};
-use crate::wire::Outcome;
+use crate::wire::{
+    AttemptRef, Concurrency, Empty, HeartbeatRequest, HeartbeatResult, HeartbeatStatus, Outcome,
+    ProgressRequest, SpawnChild, SpawnItem, SpawnItemResult, SpawnOptions, SpawnRequest,
+    SpawnResult, StepGetRequest, StepPutRequest, StepValue, WaitItem, WaitItemResult, WaitRequest,
+    WaitResult,
+};
+
+pub use crate::wire::TaskHandle;
 
 /// Children per spawn request (the server takes 10,000), as the other SDKs send.
 const SPAWN_CHILDREN: usize = 5000;
 /// Children named per wait request.
 const WAIT_IDS: usize = 20_000;
-
-/// A spawned child: `created` is false when the spawn found it already there (a re-run of the
-/// handler, or a dedup key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskHandle {
-    /// The child's task id.
-    pub id: String,
-    /// Its task type.
-    #[serde(rename = "type")]
-    pub task_type: String,
-    /// Its spawn key among its parent's children.
-    pub key: String,
-    /// Whether this spawn created it.
-    pub created: bool,
-    /// The task that owns it (another task's id when a dedup key found a task of another
-    /// parent).
-    #[serde(default)]
-    pub parent_id: Option<String>,
-}
-
-impl AsRef<str> for TaskHandle {
-    fn as_ref(&self) -> &str {
-        &self.id
-    }
-}
 
 /// A child to spawn with [`TaskContext::spawn_child`] or [`TaskContext::spawn_many`]: its type,
 /// payload and options.
@@ -71,11 +52,12 @@ pub struct Child {
     task_type: String,
     payload: Value,
     key: Option<String>,
-    options: Map<String, Value>,
+    /// Its options; the key is set when it is spawned.
+    options: SpawnOptions,
 }
 
-fn ms(d: Duration) -> Value {
-    json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Child {
@@ -85,7 +67,7 @@ impl Child {
             task_type: task_type.into(),
             payload: serde_json::to_value(payload)?,
             key: None,
-            options: Map::new(),
+            options: SpawnOptions::default(),
         })
     }
 
@@ -95,13 +77,8 @@ impl Child {
             task_type: task_type.into(),
             payload: Value::Null,
             key: None,
-            options: Map::new(),
+            options: SpawnOptions::default(),
         }
-    }
-
-    fn set(mut self, name: &str, value: Value) -> Self {
-        self.options.insert(name.to_owned(), value);
-        self
     }
 
     /// Its idempotency key among the parent's children (not starting with `#`). Without one,
@@ -112,79 +89,88 @@ impl Child {
     }
 
     /// A key unique within the job: a second spawn with it returns the first task.
-    pub fn dedup_key(self, key: impl Into<String>) -> Self {
-        self.set("dedupKey", Value::String(key.into()))
+    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.options.dedup_key = Some(key.into());
+        self
     }
 
     /// Tasks of the job (ids, or handles through [`AsRef<str>`]) or sibling spawn keys this
     /// child runs after.
-    pub fn after<I, S>(self, deps: I) -> Self
+    pub fn after<I, S>(mut self, deps: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let deps: Vec<Value> = deps
-            .into_iter()
-            .map(|d| Value::String(d.as_ref().to_owned()))
-            .collect();
-        self.set("after", Value::Array(deps))
+        self.options.after = Some(deps.into_iter().map(|d| d.as_ref().to_owned()).collect());
+        self
     }
 
     /// Its priority (higher first among ready tasks).
-    pub fn priority(self, priority: i32) -> Self {
-        self.set("priority", json!(priority))
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.options.priority = Some(priority);
+        self
     }
 
     /// How long after its spawn it may start.
-    pub fn delay(self, delay: Duration) -> Self {
-        self.set("delayMs", ms(delay))
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.options.delay_ms = Some(ms(delay));
+        self
     }
 
     /// Its attempts at most (1..1000).
-    pub fn max_attempts(self, n: u32) -> Self {
-        self.set("maxAttempts", json!(n))
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.options.max_attempts = Some(n);
+        self
     }
 
     /// The base of its exponential retry backoff.
-    pub fn backoff(self, backoff: Duration) -> Self {
-        self.set("backoffMs", ms(backoff))
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.options.backoff_ms = Some(ms(backoff));
+        self
     }
 
     /// The longest retry backoff.
-    pub fn max_backoff(self, max: Duration) -> Self {
-        self.set("maxBackoffMs", ms(max))
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.options.max_backoff_ms = Some(ms(max));
+        self
     }
 
     /// The time one attempt may run.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.set("timeoutMs", ms(timeout))
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout_ms = Some(ms(timeout));
+        self
     }
 
     /// At most `limit` tasks with this concurrency key run at once, across all workers.
-    pub fn concurrency(self, key: impl Into<String>, limit: u32) -> Self {
-        self.set("concurrency", json!({"key": key.into(), "limit": limit}))
+    pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.options.concurrency = Some(Concurrency {
+            key: key.into(),
+            limit,
+        });
+        self
     }
 
     /// A permanent failure of this child does not fail its parent.
-    pub fn ignore_failure(self) -> Self {
-        self.set("ignoreFailure", Value::Bool(true))
+    pub fn ignore_failure(mut self) -> Self {
+        self.options.ignore_failure = Some(true);
+        self
     }
 
     /// Runs once its dependencies have settled, whatever their outcome.
-    pub fn run_regardless(self) -> Self {
-        self.set("runRegardless", Value::Bool(true))
+    pub fn run_regardless(mut self) -> Self {
+        self.options.run_regardless = Some(true);
+        self
     }
 
-    fn wire(&self, key: String) -> Value {
-        let mut options = self.options.clone();
-        options.insert("key".to_owned(), Value::String(key));
-        let mut child = Map::new();
-        child.insert("type".to_owned(), Value::String(self.task_type.clone()));
-        if !self.payload.is_null() {
-            child.insert("payload".to_owned(), self.payload.clone());
+    fn wire(&self, key: String) -> SpawnChild {
+        SpawnChild {
+            task_type: self.task_type.clone(),
+            payload: (!self.payload.is_null()).then(|| self.payload.clone()),
+            options: SpawnOptions {
+                key,
+                ..self.options.clone()
+            },
         }
-        child.insert("options".to_owned(), Value::Object(options));
-        Value::Object(child)
     }
 }
 
@@ -205,7 +191,7 @@ pub(crate) struct Attempt {
     pub(crate) parent_id: Option<String>,
     pub(crate) task_type: String,
     pub(crate) attempt: u32,
-    pub(crate) token: i64,
+    pub(crate) token: u32,
     pub(crate) payload: Value,
     pub(crate) lease_ms: Option<u64>,
     pub(crate) cancel: CancellationToken,
@@ -222,7 +208,7 @@ impl Attempt {
         parent_id: Option<String>,
         task_type: String,
         attempt: u32,
-        token: i64,
+        token: u32,
         payload: Value,
         lease_ms: Option<u64>,
     ) -> Self {
@@ -254,15 +240,11 @@ impl Attempt {
         }
     }
 
-    fn item_error(item: &Value) -> Option<Error> {
-        let e = item.get("error")?;
-        let code = e.get("code").and_then(Value::as_str).unwrap_or("internal");
-        let message = e
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        Some(Error::from_code(0, code, message, None))
+    fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef {
+            id: self.id.clone(),
+            token: self.token,
+        }
     }
 }
 
@@ -307,7 +289,7 @@ impl TaskContext {
 
     /// The attempt token: every call of this attempt is guarded by it.
     pub fn token(&self) -> i64 {
-        self.a.token
+        i64::from(self.a.token)
     }
 
     /// The payload as the server sent it (JSON).
@@ -390,7 +372,7 @@ impl TaskContext {
                 })
                 .collect()
         };
-        let wire: Vec<Value> = children.iter().zip(keys).map(|(c, k)| c.wire(k)).collect();
+        let wire: Vec<SpawnChild> = children.iter().zip(keys).map(|(c, k)| c.wire(k)).collect();
         match self.spawn_wire(wire).await {
             Ok(handles) => Ok(handles),
             Err(e) => {
@@ -403,27 +385,27 @@ impl TaskContext {
         }
     }
 
-    async fn spawn_wire(&self, wire: Vec<Value>) -> Result<Vec<TaskHandle>> {
+    async fn spawn_wire(&self, wire: Vec<SpawnChild>) -> Result<Vec<TaskHandle>> {
         let a = &self.a;
         let mut handles = Vec::with_capacity(wire.len());
         // More children than one request may carry go in several, in order: safe, as each
         // child's key makes it idempotent.
         for chunk in wire.chunks(SPAWN_CHILDREN) {
-            let body = json!({"items": [{"id": a.id, "token": a.token, "children": chunk}]});
-            let r: Value = a
+            let body = SpawnRequest {
+                items: vec![SpawnItem {
+                    id: a.id.clone(),
+                    token: a.token,
+                    children: chunk.to_vec(),
+                }],
+            };
+            let r: SpawnResult = a
                 .transport
                 .call(Method::POST, "/v1/worker/spawn", Some(&body))
                 .await?;
-            let item = first_item(&r)?;
-            if let Some(e) = Attempt::item_error(item) {
-                return Err(e);
+            match first_item(r.items)? {
+                SpawnItemResult::Spawned { mut children } => handles.append(&mut children),
+                SpawnItemResult::Error(e) => return Err(e.into()),
             }
-            let children = item
-                .get("children")
-                .cloned()
-                .ok_or_else(|| Error::Decode("spawn answered no children".to_owned()))?;
-            let mut got: Vec<TaskHandle> = serde_json::from_value(children)?;
-            handles.append(&mut got);
         }
         Ok(handles)
     }
@@ -474,35 +456,43 @@ impl TaskContext {
     async fn wait_once(&self, ids: Option<&[String]>) -> Result<Vec<Outcome>> {
         let a = &self.a;
         a.check()?;
-        let item = match ids {
-            None => json!({"id": a.id, "token": a.token, "all": true}),
-            Some(ids) => json!({"id": a.id, "token": a.token, "ids": ids}),
+        let body = WaitRequest {
+            items: vec![WaitItem {
+                id: a.id.clone(),
+                token: a.token,
+                all: ids.is_none().then_some(true),
+                ids: ids.map(<[String]>::to_vec),
+            }],
         };
-        let body = json!({ "items": [item] });
-        let r: Value = a
+        let r: WaitResult = a
             .transport
             .call(Method::POST, "/v1/worker/wait", Some(&body))
             .await?;
-        let out = first_item(&r)?;
-        if let Some(e) = Attempt::item_error(out) {
-            // A first try may have suspended the task before its answer was lost: the repeat
-            // then finds the attempt no longer holds it, which is what suspending means. A
-            // lease really lost ends the run too, and nothing it reports would be taken.
-            if matches!(e, Error::StaleAttempt { .. }) {
-                a.suspended.store(true, Ordering::SeqCst);
-                return Err(Error::Suspended);
+        match first_item(r.items)? {
+            WaitItemResult::Error(e) => {
+                let e = Error::from(e);
+                // A first try may have suspended the task before its answer was lost: the
+                // repeat then finds the attempt no longer holds it, which is what suspending
+                // means. A lease really lost ends the run too, and nothing it reports would be
+                // taken.
+                if matches!(e, Error::StaleAttempt { .. }) {
+                    a.suspended.store(true, Ordering::SeqCst);
+                    return Err(Error::Suspended);
+                }
+                Err(e)
             }
-            return Err(e);
+            WaitItemResult::Outcomes {
+                suspended: true, ..
+            }
+            | WaitItemResult::Suspended { suspended: true } => {
+                a.suspended.store(true, Ordering::SeqCst);
+                Err(Error::Suspended)
+            }
+            WaitItemResult::Outcomes { outcomes, .. } => Ok(outcomes),
+            WaitItemResult::Suspended { .. } => {
+                Err(Error::Decode("wait answered no outcomes".to_owned()))
+            }
         }
-        if out.get("suspended").and_then(Value::as_bool) == Some(true) {
-            a.suspended.store(true, Ordering::SeqCst);
-            return Err(Error::Suspended);
-        }
-        let outcomes = out
-            .get("outcomes")
-            .cloned()
-            .ok_or_else(|| Error::Decode("wait answered no outcomes".to_owned()))?;
-        Ok(serde_json::from_value(outcomes)?)
     }
 
     /// Runs `f` once per task, whatever the number of re-runs and attempts: its result
@@ -528,22 +518,27 @@ impl TaskContext {
     {
         let a = &self.a;
         a.check()?;
-        let body = json!({"id": a.id, "token": a.token, "name": name});
-        let r: Value = a
+        let body = StepGetRequest {
+            id: a.id.clone(),
+            token: a.token,
+            name: name.to_owned(),
+        };
+        let r: StepValue = a
             .transport
             .call(Method::POST, "/v1/worker/steps/get", Some(&body))
             .await?;
-        if r.get("found").and_then(Value::as_bool) == Some(true) {
-            let value = r.get("value").cloned().unwrap_or(Value::Null);
-            return Ok(serde_json::from_value(value)?);
+        if r.found {
+            return Ok(serde_json::from_value(r.value.unwrap_or(Value::Null))?);
         }
         let value = f().await?;
         let stored = serde_json::to_value(&value)?;
-        let mut body = json!({"id": a.id, "token": a.token, "name": name});
-        if !stored.is_null() {
-            body["value"] = stored;
-        }
-        let _: Value = a
+        let body = StepPutRequest {
+            id: a.id.clone(),
+            token: a.token,
+            name: name.to_owned(),
+            value: (!stored.is_null()).then_some(stored),
+        };
+        let _: Empty = a
             .transport
             .call(Method::POST, "/v1/worker/steps/put", Some(&body))
             .await?;
@@ -554,8 +549,12 @@ impl TaskContext {
     pub async fn progress(&self, value: &impl Serialize) -> Result<()> {
         let a = &self.a;
         a.check()?;
-        let body = json!({"id": a.id, "token": a.token, "progress": serde_json::to_value(value)?});
-        let _: Value = a
+        let body = ProgressRequest {
+            id: a.id.clone(),
+            token: a.token,
+            progress: serde_json::to_value(value)?,
+        };
+        let _: Empty = a
             .transport
             .call(Method::POST, "/v1/worker/progress", Some(&body))
             .await?;
@@ -566,15 +565,15 @@ impl TaskContext {
     /// no longer holds the task. The worker also renews leases by itself.
     pub async fn heartbeat(&self) -> Result<bool> {
         let a = &self.a;
-        let mut body = json!({"items": [{"id": a.id, "token": a.token}]});
-        if let Some(lease) = a.lease_ms {
-            body["leaseMs"] = json!(lease);
-        }
-        let r: Value = a
+        let body = HeartbeatRequest {
+            items: vec![a.attempt_ref()],
+            lease_ms: a.lease_ms,
+        };
+        let r: HeartbeatResult = a
             .transport
             .call(Method::POST, "/v1/worker/heartbeat", Some(&body))
             .await?;
-        let ok = first_item(&r)?.as_str() == Some("ok");
+        let ok = first_item(r.items)? == HeartbeatStatus::Ok;
         if !ok {
             a.cancel.cancel();
         }
@@ -582,10 +581,11 @@ impl TaskContext {
     }
 }
 
-fn first_item(r: &Value) -> Result<&Value> {
-    r.get("items")
-        .and_then(Value::as_array)
-        .and_then(|items| items.first())
+/// The answer about the one item a call asked about.
+fn first_item<T>(items: Vec<T>) -> Result<T> {
+    items
+        .into_iter()
+        .next()
         .ok_or_else(|| Error::Decode("the answer has no items".to_owned()))
 }
 

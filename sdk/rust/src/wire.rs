@@ -735,21 +735,29 @@ pub struct SpawnRequest {
     pub items: Vec<SpawnItem>,
 }
 
-/// A spawned child.
+/// A spawned child: `created` is false when the spawn found it already there (a re-run of the
+/// handler, or a dedup key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskHandle {
-    /// Its id.
+    /// The child's task id.
     pub id: String,
-    /// Its type.
+    /// Its task type.
     #[serde(rename = "type")]
     pub task_type: String,
-    /// Its key.
+    /// Its spawn key among its parent's children.
     pub key: String,
-    /// `false` when it existed already (a re-run spawning the same key).
+    /// Whether this spawn created it.
     pub created: bool,
-    /// Its parent's id.
+    /// The task that owns it (another task's id when a dedup key found a task of another
+    /// parent).
     pub parent_id: Option<String>,
+}
+
+impl AsRef<str> for TaskHandle {
+    fn as_ref(&self) -> &str {
+        &self.id
+    }
 }
 
 /// The error of one item of a batch.
@@ -893,6 +901,45 @@ pub struct ProgressRequest {
     /// The progress.
     pub progress: Value,
 }
+
+/// A task type's settings, shared by every worker of the namespace (`POST /v1/worker/types`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TypeSettings {
+    /// The type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Attempts at most per task (1..1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The base of the exponential retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// The longest backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// Time allowed per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Tasks of the type running at once across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+/// The body of `POST /v1/worker/types`: the settings of the types a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeSettingsRequest {
+    /// The namespace (`default` when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// 1..1000 types.
+    pub types: Vec<TypeSettings>,
+}
+
+/// The empty answer (`{}`) of the worker calls that return nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
 
 /// The body of `POST /v1/worker/stop` (the worker stopped: its types are no longer served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,11 @@ use tokio_util::sync::CancellationToken;
 use crate::context::{Attempt, TaskContext};
 use crate::error::{Error, Result};
 use crate::transport::{CallOptions, Method, Transport};
+use crate::wire::{
+    AttemptRef, ClaimRequest, ClaimResult, ClaimedTask, Completed, Empty, Failed, FailedError,
+    HeartbeatRequest, HeartbeatResult, HeartbeatStatus, ReleaseRequest, ReleaseResult,
+    ReportRequest, ReportResult, TypeSettings, TypeSettingsRequest, WorkerStopRequest,
+};
 
 /// Longest error message or stack sent (the server's bound).
 const MAX_TEXT: usize = 100_000;
@@ -55,6 +60,8 @@ const REPORT_BYTES: usize = 512 * 1024;
 /// How long outcomes whose report failed are tried again before their leases decide.
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(120);
 const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Turns of the scheduler a report waits at most for more outcomes of handlers still running.
+const COALESCE_TURNS: usize = 32;
 /// While handlers run, heartbeats go at least this often: they also bring cancellations.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
 
@@ -137,30 +144,31 @@ impl<H: Handler> Erased for Typed<H> {
 /// namespace; the last registration holds) and a limit of this worker's own.
 #[derive(Debug, Clone)]
 pub struct TaskType {
-    name: String,
-    settings: Map<String, Value>,
+    settings: TypeSettings,
     local: Option<usize>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl TaskType {
     /// The type `name`, with the server's defaults.
     pub fn new(name: impl Into<String>) -> Self {
         TaskType {
-            name: name.into(),
-            settings: Map::new(),
+            settings: TypeSettings {
+                task_type: name.into(),
+                ..TypeSettings::default()
+            },
             local: None,
         }
     }
 
-    fn set(mut self, name: &str, value: Value) -> Self {
-        self.settings.insert(name.to_owned(), value);
-        self
-    }
-
     /// Tasks of this type running at once across all workers of the namespace (kept by the
     /// server).
-    pub fn concurrency(self, limit: u32) -> Self {
-        self.set("concurrency", json!(limit))
+    pub fn concurrency(mut self, limit: u32) -> Self {
+        self.settings.concurrency = Some(limit);
+        self
     }
 
     /// Tasks of this type running at once in this worker (besides the worker's total).
@@ -170,29 +178,33 @@ impl TaskType {
     }
 
     /// Attempts at most per task (1..1000).
-    pub fn max_attempts(self, n: u32) -> Self {
-        self.set("maxAttempts", json!(n))
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.settings.max_attempts = Some(n);
+        self
     }
 
     /// The base of the exponential retry backoff.
-    pub fn backoff(self, backoff: Duration) -> Self {
-        self.set("backoffMs", json!(backoff.as_millis() as u64))
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.settings.backoff_ms = Some(millis(backoff));
+        self
     }
 
     /// The longest retry backoff.
-    pub fn max_backoff(self, max: Duration) -> Self {
-        self.set("maxBackoffMs", json!(max.as_millis() as u64))
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.settings.max_backoff_ms = Some(millis(max));
+        self
     }
 
     /// The time one attempt may run: then its worker fails it (`TimeoutError`, retried) and
     /// fires its cancellation token.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.set("timeoutMs", json!(timeout.as_millis() as u64))
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout_ms = Some(millis(timeout));
+        self
     }
 
     /// The type's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.settings.task_type
     }
 }
 
@@ -240,7 +252,7 @@ impl std::fmt::Debug for WorkerBuilder {
                 &self
                     .handlers
                     .iter()
-                    .map(|h| h.spec.name.as_str())
+                    .map(|h| h.spec.name())
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -331,7 +343,7 @@ impl WorkerBuilder {
     /// Registers a [`Handler`] implementation as the handler of `task_type`.
     pub fn handler<H: Handler>(mut self, task_type: impl Into<TaskType>, handler: H) -> Self {
         let spec = task_type.into();
-        self.handlers.retain(|h| h.spec.name != spec.name);
+        self.handlers.retain(|h| h.spec.name() != spec.name());
         self.handlers.push(Registered {
             spec,
             handler: Arc::new(Typed(Arc::new(handler))),
@@ -347,9 +359,9 @@ impl WorkerBuilder {
                 field: None,
             });
         }
-        if let Some(h) = self.handlers.iter().find(|h| h.spec.name.is_empty()) {
+        if let Some(h) = self.handlers.iter().find(|h| h.spec.name().is_empty()) {
             return Err(Error::Validation {
-                message: format!("task type {:?} must be a non-empty string", h.spec.name),
+                message: format!("task type {:?} must be a non-empty string", h.spec.name()),
                 field: None,
             });
         }
@@ -361,8 +373,8 @@ impl WorkerBuilder {
         let mut types = Vec::new();
         let mut handlers = HashMap::new();
         for r in self.handlers {
-            types.push(r.spec.name.clone());
-            handlers.insert(r.spec.name.clone(), r);
+            types.push(r.spec.name().to_owned());
+            handlers.insert(r.spec.name().to_owned(), r);
         }
         Ok(Worker {
             inner: Arc::new(Inner {
@@ -388,7 +400,14 @@ impl WorkerBuilder {
 }
 
 /// `{id, token}`: an attempt, as every worker call names it.
-type Ref = (String, i64);
+type Ref = (String, u32);
+
+fn attempt_ref((id, token): &Ref) -> AttemptRef {
+    AttemptRef {
+        id: id.clone(),
+        token: *token,
+    }
+}
 
 struct Entry {
     attempt: Arc<Attempt>,
@@ -402,7 +421,7 @@ struct Entry {
 struct State {
     running: HashMap<Ref, Entry>,
     completed: Vec<(Ref, Value)>,
-    failed: Vec<(Ref, Value)>,
+    failed: Vec<(Ref, FailedError)>,
     polling: bool,
     side_flush: bool,
 }
@@ -478,6 +497,23 @@ fn uuid_v4() -> String {
     )
 }
 
+/// The length of `v` as JSON, without building the text.
+fn json_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 fn clip(s: &str) -> String {
     if s.len() <= MAX_TEXT {
         return s.to_owned();
@@ -490,7 +526,7 @@ fn clip(s: &str) -> String {
 }
 
 /// What the server stores of an error a handler returned.
-fn task_error(e: &Error) -> Value {
+fn task_error(e: &Error) -> FailedError {
     let (name, retryable) = match e {
         Error::Task {
             name, retryable, ..
@@ -509,38 +545,17 @@ fn task_error(e: &Error) -> Value {
         Error::Task { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    let mut out = json!({"name": clip(name), "message": clip(&message)});
-    if !retryable {
-        out["retryable"] = Value::Bool(false);
+    error(name, &message, (!retryable).then_some(false))
+}
+
+/// A failed attempt's error as reported, its texts within the server's bound.
+fn error(name: &str, message: &str, retryable: Option<bool>) -> FailedError {
+    FailedError {
+        name: Some(clip(name)),
+        message: clip(message),
+        stack: None,
+        retryable,
     }
-    out
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Claimed {
-    id: String,
-    job_id: String,
-    #[serde(default)]
-    parent_id: Option<String>,
-    #[serde(rename = "type")]
-    task_type: String,
-    #[serde(default)]
-    payload: Value,
-    attempt: u32,
-    token: i64,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-    #[serde(default)]
-    started_at: Option<i64>,
-    #[serde(default)]
-    lease_expires_at: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Tasks {
-    #[serde(default)]
-    tasks: Vec<Claimed>,
 }
 
 enum Done {
@@ -600,18 +615,16 @@ impl Worker {
         };
         let heartbeat = tokio::spawn(Arc::clone(&inner).heartbeat_loop());
         let served = async {
-            let types: Vec<Value> = inner
-                .types
-                .iter()
-                .map(|t| {
-                    let mut s = inner.handlers[t].spec.settings.clone();
-                    s.insert("type".to_owned(), Value::String(t.clone()));
-                    Value::Object(s)
-                })
-                .collect();
-            let body = json!({"namespace": inner.namespace, "types": types});
+            let body = TypeSettingsRequest {
+                namespace: Some(inner.namespace.clone()),
+                types: inner
+                    .types
+                    .iter()
+                    .map(|t| inner.handlers[t].spec.settings.clone())
+                    .collect(),
+            };
             tokio::select! {
-                r = inner.transport.call::<Value, _>(Method::POST, "/v1/worker/types", Some(&body)) => { r?; }
+                r = inner.transport.call::<Empty, _>(Method::POST, "/v1/worker/types", Some(&body)) => { r?; }
                 _ = inner.stopping.cancelled() => return Ok(()),
             }
             Arc::clone(&inner).claim_loop().await;
@@ -623,13 +636,15 @@ impl Worker {
         if let Some(s) = signals {
             s.abort();
         }
-        let stop = json!({"workerId": inner.worker_id});
+        let stop = WorkerStopRequest {
+            worker_id: inner.worker_id.clone(),
+        };
         let opts = CallOptions {
             timeout: Some(Duration::from_secs(2)),
             retry_for: Some(Duration::from_secs(2)),
             ..CallOptions::default()
         };
-        let stopped: Result<Value> = inner
+        let stopped: Result<Empty> = inner
             .transport
             .call_with(Method::POST, "/v1/worker/stop", Some(&stop), &opts)
             .await;
@@ -712,18 +727,17 @@ impl Inner {
         (free, types)
     }
 
-    fn claim_body(&self, limit: usize, types: Vec<String>) -> Value {
-        let mut body = json!({
-            "namespace": self.namespace,
-            "types": types,
-            "limit": limit,
-            "workerId": self.worker_id,
-            "claimId": uuid_v4(),
-        });
-        if let Some(l) = self.lease_ms {
-            body["leaseMs"] = json!(l);
+    fn claim_body(&self, limit: usize, types: Vec<String>) -> ClaimRequest {
+        ClaimRequest {
+            namespace: Some(self.namespace.clone()),
+            types,
+            // At most the batch size, itself at most 1000.
+            limit: limit as u32,
+            lease_ms: self.lease_ms,
+            worker_id: Some(self.worker_id.clone()),
+            claim_id: Some(uuid_v4()),
+            wait_ms: None,
         }
-        body
     }
 
     async fn claim_loop(self: Arc<Self>) {
@@ -749,14 +763,14 @@ impl Inner {
                 continue;
             }
             let mut body = self.claim_body(free, types);
-            body["waitMs"] = json!(self.long_poll_ms);
+            body.wait_ms = Some(self.long_poll_ms);
             let opts = CallOptions {
                 timeout: Some(Duration::from_millis(self.long_poll_ms + 30_000)),
                 ..CallOptions::default()
             };
             lock(&self.state).polling = true;
             let claimed = tokio::select! {
-                r = self.transport.call_with::<Tasks, _>(Method::POST, "/v1/worker/claim", Some(&body), &opts) => Some(r),
+                r = self.transport.call_with::<ClaimResult, _>(Method::POST, "/v1/worker/claim", Some(&body), &opts) => Some(r),
                 // Closing the long poll's request: the server releases a claim whose client
                 // hung up.
                 _ = self.stopping.cancelled() => None,
@@ -781,13 +795,11 @@ impl Inner {
         }
     }
 
-    fn start(self: &Arc<Self>, tasks: Vec<Claimed>) {
+    fn start(self: &Arc<Self>, tasks: Vec<ClaimedTask>) {
         if let Some(t) = tasks.first() {
-            if let (Some(s), Some(e)) = (t.started_at, t.lease_expires_at) {
-                if e > s {
-                    self.granted_lease_ms
-                        .store((e - s) as u64, Ordering::Relaxed);
-                }
+            if t.lease_expires_at > t.started_at {
+                self.granted_lease_ms
+                    .store(t.lease_expires_at - t.started_at, Ordering::Relaxed);
             }
         }
         let mut release = Vec::new();
@@ -884,10 +896,8 @@ impl Inner {
             "attempt {} of task {} timed out",
             e.attempt.attempt, e.attempt.id
         );
-        st.failed.push((
-            key.clone(),
-            json!({"name": "TimeoutError", "message": message}),
-        ));
+        st.failed
+            .push((key.clone(), error("TimeoutError", &message, None)));
         self.outcome_added(&mut st);
     }
 
@@ -918,15 +928,10 @@ impl Inner {
             Done::Result(Err(Error::Suspended)) => None,
             Done::Result(Ok(v)) => Some(Ok(v)),
             Done::Result(Err(err)) => Some(Err(task_error(&err))),
-            Done::Payload(message) => Some(Err(json!({
-                "name": "PayloadValidationError",
-                "message": clip(&message),
-                "retryable": false,
-            }))),
-            Done::Panicked(message) => Some(Err(json!({
-                "name": "Panic",
-                "message": clip(&message),
-            }))),
+            Done::Payload(message) => {
+                Some(Err(error("PayloadValidationError", &message, Some(false))))
+            }
+            Done::Panicked(message) => Some(Err(error("Panic", &message, None))),
         };
         match outcome {
             // Suspended, or the server rejects this attempt's outcome anyway.
@@ -965,7 +970,22 @@ impl Inner {
 
     async fn flush(self: Arc<Self>, claim: bool) {
         let _guard = self.flush_lock.lock().await;
-        tokio::task::yield_now().await;
+        // Handlers just started often end within a few turns of the scheduler, on any of its
+        // threads: their outcomes go in this report (as one turn of the event loop batches them
+        // in TypeScript), not each few in a round trip of their own. Done once no more come.
+        let mut seen = usize::MAX;
+        for _ in 0..COALESCE_TURNS {
+            tokio::task::yield_now().await;
+            let (outcomes, open) = {
+                let st = lock(&self.state);
+                let open = st.running.values().any(|e| !e.done);
+                (st.completed.len() + st.failed.len(), open)
+            };
+            if outcomes == seen || !open {
+                break;
+            }
+            seen = outcomes;
+        }
         let (completed, failed, want) = {
             let mut st = lock(&self.state);
             let completed = std::mem::take(&mut st.completed);
@@ -988,19 +1008,14 @@ impl Inner {
     async fn report(
         self: &Arc<Self>,
         completed: Vec<(Ref, Value)>,
-        failed: Vec<(Ref, Value)>,
+        failed: Vec<(Ref, FailedError)>,
         claim: Option<(usize, Vec<String>)>,
     ) {
         // Within the server's limits (1000 items a list, its body limit): a big batch goes in
         // several requests, the claim with the last.
-        let mut chunks: Vec<(Vec<Value>, Vec<Value>, Vec<Ref>)> = vec![Default::default()];
+        let mut chunks: Vec<(Vec<Completed>, Vec<Failed>, Vec<Ref>)> = vec![Default::default()];
         let (mut size, mut count) = (0usize, 0usize);
-        let items = completed
-            .into_iter()
-            .map(|(k, v)| (k, v, true))
-            .chain(failed.into_iter().map(|(k, v)| (k, v, false)));
-        for (key, value, ok) in items {
-            let n = value.to_string().len();
+        let mut next = |n: usize, chunks: &mut Vec<(Vec<Completed>, Vec<Failed>, Vec<Ref>)>| {
             if count >= 1000 || (count > 0 && size + n > REPORT_BYTES) {
                 chunks.push(Default::default());
                 size = 0;
@@ -1008,35 +1023,45 @@ impl Inner {
             }
             size += n;
             count += 1;
+        };
+        for (key, result) in completed {
+            next(json_len(&result), &mut chunks);
             let chunk = chunks.last_mut().expect("one chunk at least");
-            if ok {
-                chunk
-                    .0
-                    .push(json!({"id": key.0, "token": key.1, "result": value}));
-            } else {
-                chunk
-                    .1
-                    .push(json!({"id": key.0, "token": key.1, "error": value}));
-            }
+            chunk.0.push(Completed {
+                id: key.0.clone(),
+                token: key.1,
+                result: Some(result),
+            });
+            chunk.2.push(key);
+        }
+        for (key, error) in failed {
+            next(json_len(&error), &mut chunks);
+            let chunk = chunks.last_mut().expect("one chunk at least");
+            chunk.1.push(Failed {
+                id: key.0.clone(),
+                token: key.1,
+                error,
+            });
             chunk.2.push(key);
         }
         let last = chunks.len() - 1;
         for (i, (done, fail, refs)) in chunks.into_iter().enumerate() {
-            let mut body = json!({ "completed": done });
-            if !fail.is_empty() {
-                body["failed"] = Value::Array(fail);
-            }
-            if i == last && !self.stopping.is_cancelled() {
-                if let Some((n, types)) = &claim {
-                    body["claim"] = self.claim_body(*n, types.clone());
-                }
-            }
+            let body = ReportRequest {
+                completed: Some(done),
+                failed: (!fail.is_empty()).then_some(fail),
+                claim: match &claim {
+                    Some((n, types)) if i == last && !self.stopping.is_cancelled() => {
+                        Some(self.claim_body(*n, types.clone()))
+                    }
+                    _ => None,
+                },
+            };
             let since = Instant::now();
             let mut tries: u32 = 0;
             let tasks = loop {
                 match self
                     .transport
-                    .call::<Tasks, _>(Method::POST, "/v1/worker/report", Some(&body))
+                    .call::<ReportResult, _>(Method::POST, "/v1/worker/report", Some(&body))
                     .await
                 {
                     Ok(r) => break r.tasks,
@@ -1067,12 +1092,10 @@ impl Inner {
 
     async fn release(&self, refs: Vec<Ref>) {
         for chunk in refs.chunks(1000) {
-            let items: Vec<Value> = chunk
-                .iter()
-                .map(|(id, token)| json!({"id": id, "token": token}))
-                .collect();
-            let body = json!({ "items": items });
-            let r: Result<Value> = self
+            let body = ReleaseRequest {
+                items: chunk.iter().map(attempt_ref).collect(),
+            };
+            let r: Result<ReleaseResult> = self
                 .transport
                 .call(Method::POST, "/v1/worker/release", Some(&body))
                 .await;
@@ -1099,40 +1122,32 @@ impl Inner {
             if refs.is_empty() {
                 continue;
             }
-            let items: Vec<Value> = refs
-                .iter()
-                .map(|(id, token)| json!({"id": id, "token": token}))
-                .collect();
-            let mut body = json!({ "items": items });
-            if let Some(l) = self.lease_ms {
-                body["leaseMs"] = json!(l);
-            }
+            let body = HeartbeatRequest {
+                items: refs.iter().map(attempt_ref).collect(),
+                lease_ms: self.lease_ms,
+            };
             let opts = CallOptions {
                 retry_for: Some(every),
                 ..CallOptions::default()
             };
-            let r: Result<Value> = self
+            let r: Result<HeartbeatResult> = self
                 .transport
                 .call_with(Method::POST, "/v1/worker/heartbeat", Some(&body), &opts)
                 .await;
             let statuses = match r {
-                Ok(v) => v,
+                Ok(r) => r.items,
                 Err(e) => {
                     tracing::error!(error = %e, "dynatask worker: heartbeat failed");
                     continue;
                 }
             };
-            let statuses = statuses
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
             let mut st = lock(&self.state);
             // Each answer is about the attempt it was asked for, never a later one.
             for (key, status) in refs.iter().zip(statuses) {
-                let status = status.as_str().unwrap_or("lost");
-                if status != "ok" {
-                    self.abort(&mut st, key, status);
+                match status {
+                    HeartbeatStatus::Ok => {}
+                    HeartbeatStatus::Cancelled => self.abort(&mut st, key, "cancelled"),
+                    HeartbeatStatus::Lost => self.abort(&mut st, key, "lost"),
                 }
             }
         }
@@ -1183,10 +1198,8 @@ impl Inner {
                             "the worker stopped before the handler finished (grace {} ms)",
                             grace.as_millis()
                         );
-                        st.failed.push((
-                            k.clone(),
-                            json!({"name": "WorkerStopped", "message": message}),
-                        ));
+                        st.failed
+                            .push((k.clone(), error("WorkerStopped", &message, None)));
                     }
                 }
             }

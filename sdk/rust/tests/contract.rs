@@ -150,6 +150,30 @@ fn wire_types_match_openapi_json() {
     round_trip::<wire::StepValue>("StepValue");
     round_trip::<wire::ProgressRequest>("ProgressRequest");
     round_trip::<wire::WorkerStopRequest>("WorkerStopRequest");
+    round_trip::<wire::TypeSettingsRequest>("TypeSettingsRequest");
+}
+
+/// The answers of the worker calls that return nothing are `{}`, which [`wire::Empty`] reads.
+#[test]
+fn empty_answers_are_empty_objects() {
+    let doc = openapi();
+    for path in [
+        "/v1/worker/types",
+        "/v1/worker/stop",
+        "/v1/worker/progress",
+        "/v1/worker/steps/put",
+    ] {
+        let answer = &doc["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            answer,
+            &json!({"type": "object", "properties": {}}),
+            "{path}"
+        );
+        let ex = example(&doc, answer, true);
+        let typed: wire::Empty = serde_json::from_value(ex.clone()).expect(path);
+        assert_eq!(serde_json::to_value(typed).unwrap(), ex, "{path}");
+    }
 }
 
 #[test]
@@ -174,6 +198,18 @@ fn every_state_of_the_contract_is_modelled() {
         "SubmitOptions",
         "CancelRequest",
         "RetryRequest",
+        "ClaimRequest",
+        "ReportRequest",
+        "HeartbeatRequest",
+        "ReleaseRequest",
+        "SpawnRequest",
+        "SpawnOptions",
+        "WaitRequest",
+        "StepGetRequest",
+        "StepPutRequest",
+        "ProgressRequest",
+        "WorkerStopRequest",
+        "TypeSettingsRequest",
     ] {
         assert_eq!(
             schema(&doc, name)["additionalProperties"],
