@@ -50,6 +50,35 @@ describe('sqlite store', () => {
     expect(page.tasks.length).toBe(2 + expected.size);
   });
 
+  it('findChildrenByKey with many keys (one scan of the children) returns the same rows as with few', async () => {
+    const store = await fresh();
+    const { job, root } = jobWithRoot();
+    const children = Array.from({ length: 120 }, (_, i) =>
+      taskRow({ job_id: job.id, parent_id: root.id, spawn_key: `k${i}`, dedup_key: i === 3 ? 'd' : null }),
+    );
+    await store.transaction(async (tx) => {
+      await tx.insertJobs([job]);
+      await tx.insertTasks([root, ...children]);
+    });
+    const keys = Array.from({ length: 100 }, (_, i) => `k${i * 2}`); // 60 exist, 40 do not
+    const pick = ({ id, job_id, type, parent_id, spawn_key, dedup_key, state }: (typeof children)[0]) => ({
+      id,
+      job_id,
+      type,
+      parent_id,
+      spawn_key,
+      dedup_key,
+      state,
+    });
+    const expected = children.filter((c) => keys.includes(c.spawn_key!)).map(pick);
+    await store.transaction(async (tx) => {
+      const many = await tx.findChildrenByKey(root.id, keys);
+      expect(many.sort((a, b) => (a.id < b.id ? -1 : 1))).toEqual(expected);
+      const few = await tx.findChildrenByKey(root.id, ['k4', 'k5', 'nope']);
+      expect(few).toEqual(expected.filter((c) => c.spawn_key === 'k4').concat(pick(children[5]!)));
+    });
+  });
+
   it('insertJobs writes batches of 100 and the rest', async () => {
     const store = await fresh();
     const jobs = Array.from({ length: 205 }, () => jobWithRoot().job);

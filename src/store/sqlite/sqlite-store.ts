@@ -281,6 +281,7 @@ export class SqliteStore implements Store {
       `SELECT ${OUTCOME_COLUMNS} FROM tasks WHERE parent_id = ? ORDER BY id`,
       OUTCOME,
     );
+    const keyedByParent = reader<KeyedRow>(`SELECT ${KEYED_COLUMNS} FROM tasks WHERE parent_id = ?`, KEYED);
     const keyedRead = reader<KeyedRow>(
       `SELECT ${KEYED_COLUMNS} FROM tasks WHERE parent_id = ? AND spawn_key = ?`,
       KEYED,
@@ -380,9 +381,7 @@ export class SqliteStore implements Store {
         if (keys.length > 64) {
           // Many keys (a re-run of a big fan-out): one range scan beats a lookup per key.
           const want = new Set(keys);
-          return (
-            st(`SELECT ${KEYED_COLUMNS} FROM tasks WHERE parent_id = ?`).all(parentId) as KeyedRow[]
-          ).filter((r) => want.has(r.spawn_key!));
+          return keyedByParent.all(parentId).filter((r) => want.has(r.spawn_key!));
         }
         const out: KeyedRow[] = [];
         for (const k of keys) {
