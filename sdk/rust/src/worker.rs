@@ -285,9 +285,11 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks claimed per request at most (1000 at most; by default the concurrency divided by
-    /// [`reports_in_flight`](WorkerBuilder::reports_in_flight), rounded up, so that the
-    /// concurrency holds a batch for each report in flight).
+    /// Tasks claimed per request at most (the concurrency by default, 1000 at most). Below the
+    /// concurrency, the slots hold several batches, and (with
+    /// [`reports_in_flight`](WorkerBuilder::reports_in_flight)) one runs while another is
+    /// stored: handlers that all end at once (trivial ones) pipeline only so, e.g. a
+    /// concurrency of 512 with batches of 256.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = Some(n.clamp(1, 1000));
         self
@@ -298,7 +300,8 @@ impl WorkerBuilder {
     /// that end while a report is being stored go in a second one at once, and the handlers of
     /// its claim run while the first is stored; claims still never bring more than the
     /// concurrency: each asks only for the slots that neither running handlers nor the claims
-    /// in flight hold. 1 reports one batch at a time.
+    /// in flight hold. 1 reports one batch at a time. See also
+    /// [`batch_size`](WorkerBuilder::batch_size).
     pub fn reports_in_flight(mut self, n: usize) -> Self {
         self.reports_in_flight = n.clamp(1, MAX_REPORTS_IN_FLIGHT);
         self
@@ -401,10 +404,7 @@ impl WorkerBuilder {
                 transport,
                 namespace: self.namespace,
                 concurrency: self.concurrency,
-                batch_size: self
-                    .batch_size
-                    .unwrap_or(self.concurrency.div_ceil(self.reports_in_flight))
-                    .min(1000),
+                batch_size: self.batch_size.unwrap_or(self.concurrency).min(1000),
                 reports_in_flight: self.reports_in_flight,
                 lease_ms: self.lease.map(|l| l.as_millis() as u64),
                 granted_lease_ms: AtomicU64::new(0),
@@ -1355,12 +1355,13 @@ mod tests {
     //! tasks would).
     use super::*;
 
-    /// A worker of 8 slots whose handlers never end by themselves, of `a`, and of `b` (at most
-    /// 2 at once here) when `with_b`.
+    /// A worker of 8 slots, batches of 4, whose handlers never end by themselves, of `a`, and
+    /// of `b` (at most 2 at once here) when `with_b`.
     fn worker(reports_in_flight: usize, with_b: bool) -> Worker {
         let pending = |_ctx: TaskContext, _p: Value| std::future::pending::<Result<()>>();
         let mut b = Worker::builder("http://127.0.0.1:9")
             .concurrency(8)
+            .batch_size(4)
             .reports_in_flight(reports_in_flight)
             .handle_signals(false)
             .handle("a", pending);
@@ -1423,7 +1424,6 @@ mod tests {
     async fn a_second_report_goes_while_one_is_in_flight_and_claims_only_free_slots() {
         let w = worker(2, false);
         let inner = &w.inner;
-        assert_eq!(inner.batch_size, 4, "the concurrency holds two batches");
         // Idle: one long poll, of a batch.
         assert_eq!(step(inner), ("poll", 0, 4));
         assert_eq!(step(inner), ("wait", 0, 0), "one long poll at most");
@@ -1459,14 +1459,13 @@ mod tests {
     async fn one_report_in_flight_when_so_configured() {
         let w = worker(1, false);
         let inner = &w.inner;
-        assert_eq!(inner.batch_size, 8);
-        assert_eq!(step(inner), ("poll", 0, 8));
-        inner.landed(tasks(0..8), 8).await;
+        assert_eq!(step(inner), ("poll", 0, 4));
+        inner.landed(tasks(0..4), 4).await;
         lock(&inner.state).polling = false;
         end(inner, 0);
-        assert_eq!(step(inner), ("report", 1, 1));
+        assert_eq!(step(inner), ("report", 1, 4));
         end(inner, 1);
-        assert_eq!(step(inner), ("wait", 0, 0));
+        assert_eq!(step(inner), ("wait", 0, 0), "one report in flight at most");
     }
 
     #[tokio::test]

@@ -420,6 +420,7 @@ async fn two_reports_in_flight_never_run_more_than_the_concurrency() {
         // another is stored, outcomes of some handlers going while others still run.
         let worker = Worker::builder(server.url.clone())
             .concurrency(4)
+            .batch_size(2)
             .reports_in_flight(2)
             .handle_signals(false)
             .handle("work", move |ctx: TaskContext, i: u64| {
