@@ -8,8 +8,8 @@
 //!
 //! - `flat`: N one-task jobs submitted in batches of 1,000, then one worker (concurrency 512,
 //!   batches of 256, two reports in flight) with a trivial handler processes them; timed from
-//!   the worker's start until no job is running (polled every 5 ms). The latency is queueing time: from before the submissions
-//!   to each handler's start.
+//!   the worker's start until no job is running (polled every 5 ms). The latency is queueing
+//!   time: from before the submissions to each handler's start.
 //! - `latency`: an idle worker; N single submissions, each once the previous one's handler
 //!   started, 5 ms apart; the latency is from the submit call to the handler starting. (One
 //!   ping before them, not counted, tells that the worker is up: it has no ready signal.)

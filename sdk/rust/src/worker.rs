@@ -3,9 +3,9 @@
 //! One loop takes batches of tasks with long polls and reports each batch of outcomes together
 //! with the next claim in one request (one transaction on the server), two such requests in
 //! flight at once by default (the handlers of one batch run while another batch is stored);
-//! one heartbeat loop renews the leases of every attempt it holds in one batched call. Each handler run is a
-//! tokio task. It behaves on the wire like the TypeScript remote worker (src/engine/worker.ts
-//! over src/client/http-port.ts) and the Python SDK's.
+//! one heartbeat loop renews the leases of every attempt it holds in one batched call. Each
+//! handler run is a tokio task. It behaves on the wire like the TypeScript remote worker
+//! (src/engine/worker.ts over src/client/http-port.ts) and the Python SDK's.
 //!
 //! ```no_run
 //! use dynatask::{TaskContext, TaskType, Worker};

@@ -401,7 +401,10 @@ async fn two_reports_in_flight_never_run_more_than_the_concurrency() {
     for store in Store::all() {
         let server = TestServer::start(store);
         let t = Transport::new(&server.url, None).unwrap();
-        let body = json!({"jobs": (0..JOBS).map(|i| json!({"type": "work", "payload": i})).collect::<Vec<_>>()});
+        let jobs: Vec<Value> = (0..JOBS)
+            .map(|i| json!({"type": "work", "payload": i}))
+            .collect();
+        let body = json!({ "jobs": jobs });
         let _: Value = t
             .call(Method::POST, "/v1/jobs", Some(&body))
             .await
