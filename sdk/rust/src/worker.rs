@@ -1,10 +1,11 @@
 //! The worker: serves task types of a dynatask server from this process.
 //!
-//! One claim loop takes batches of tasks with long polls and reports each batch of outcomes
-//! together with the next claim in one request (one transaction on the server); one heartbeat
-//! loop renews the leases of every attempt it holds in one batched call. Each handler run is a
-//! tokio task. It behaves on the wire like the TypeScript remote worker (src/engine/worker.ts
-//! over src/client/http-port.ts) and the Python SDK's.
+//! One loop takes batches of tasks with long polls and reports each batch of outcomes together
+//! with the next claim in one request (one transaction on the server), two such requests in
+//! flight at once by default (the handlers of one batch run while another batch is stored);
+//! one heartbeat loop renews the leases of every attempt it holds in one batched call. Each
+//! handler run is a tokio task. It behaves on the wire like the TypeScript remote worker
+//! (src/engine/worker.ts over src/client/http-port.ts) and the Python SDK's.
 //!
 //! ```no_run
 //! use dynatask::{TaskContext, TaskType, Worker};
@@ -64,6 +65,11 @@ const DEFAULT_LEASE_MS: u64 = 30_000;
 const COALESCE_TURNS: usize = 32;
 /// While handlers run, heartbeats go at least this often: they also bring cancellations.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
+/// Reports (each with the next claim) in flight at once by default: while the server stores
+/// one batch, the handlers of the other run (see [`WorkerBuilder::reports_in_flight`]).
+pub const REPORTS_IN_FLIGHT: usize = 2;
+/// The most reports in flight a worker may be given.
+const MAX_REPORTS_IN_FLIGHT: usize = 8;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
 
@@ -232,6 +238,7 @@ pub struct WorkerBuilder {
     namespace: String,
     concurrency: usize,
     batch_size: Option<usize>,
+    reports_in_flight: usize,
     lease: Option<Duration>,
     grace: Duration,
     long_poll: Duration,
@@ -278,9 +285,25 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks claimed per request at most (the concurrency by default, 1000 at most).
+    /// Tasks claimed per request at most (the concurrency by default, 1000 at most). Below the
+    /// concurrency, the slots hold several batches, and (with
+    /// [`reports_in_flight`](WorkerBuilder::reports_in_flight)) one runs while another is
+    /// stored: handlers that all end at once (trivial ones) pipeline only so, e.g. a
+    /// concurrency of 512 with batches of 256.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = Some(n.clamp(1, 1000));
+        self
+    }
+
+    /// Requests reporting outcomes (each carrying the next claim) in flight at once, 1 to 8
+    /// ([`REPORTS_IN_FLIGHT`], 2, by default). With more than one, the outcomes of handlers
+    /// that end while a report is being stored go in a second one at once, and the handlers of
+    /// its claim run while the first is stored; claims still never bring more than the
+    /// concurrency: each asks only for the slots that neither running handlers nor the claims
+    /// in flight hold. 1 reports one batch at a time. See also
+    /// [`batch_size`](WorkerBuilder::batch_size).
+    pub fn reports_in_flight(mut self, n: usize) -> Self {
+        self.reports_in_flight = n.clamp(1, MAX_REPORTS_IN_FLIGHT);
         self
     }
 
@@ -382,6 +405,7 @@ impl WorkerBuilder {
                 namespace: self.namespace,
                 concurrency: self.concurrency,
                 batch_size: self.batch_size.unwrap_or(self.concurrency).min(1000),
+                reports_in_flight: self.reports_in_flight,
                 lease_ms: self.lease.map(|l| l.as_millis() as u64),
                 granted_lease_ms: AtomicU64::new(0),
                 grace: Mutex::new(self.grace),
@@ -393,7 +417,6 @@ impl WorkerBuilder {
                 stopping: self.shutdown,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
-                flush_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -419,11 +442,23 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
+    /// Attempts held: running, or ended with an outcome not stored yet (still heartbeated).
     running: HashMap<Ref, Entry>,
     completed: Vec<(Ref, Value)>,
     failed: Vec<(Ref, FailedError)>,
+    /// A long poll is pending (one at most): outcomes go without a claim meanwhile.
     polling: bool,
-    side_flush: bool,
+    /// Reports and immediate claims in flight (the long poll aside).
+    in_flight: usize,
+    /// Tasks the claims in flight (the long poll's too) may bring: their slots are taken.
+    claiming: usize,
+    /// The last claim brought all it asked for: more work is likely ready, so free slots are
+    /// claimed at once rather than long-polled.
+    more: bool,
+    /// Claims that failed in a row (their backoff).
+    claim_failures: u32,
+    /// A claim failed: none goes without outcomes until its backoff is over.
+    pausing: bool,
 }
 
 impl State {
@@ -441,6 +476,7 @@ struct Inner {
     namespace: String,
     concurrency: usize,
     batch_size: usize,
+    reports_in_flight: usize,
     lease_ms: Option<u64>,
     granted_lease_ms: AtomicU64,
     grace: Mutex<Duration>,
@@ -451,8 +487,8 @@ struct Inner {
     signals: bool,
     stopping: CancellationToken,
     state: Mutex<State>,
+    /// Something the loop (or the drain) waits for changed: an outcome, an answer, a signal.
     wake: Notify,
-    flush_lock: tokio::sync::Mutex<()>,
 }
 
 /// Serves the task types registered with its [`WorkerBuilder`] until it is stopped.
@@ -564,6 +600,25 @@ enum Done {
     Panicked(String),
 }
 
+/// Outcomes to report, and the claim that goes with them (`(limit, types)`).
+struct Outgoing {
+    completed: Vec<(Ref, Value)>,
+    failed: Vec<(Ref, FailedError)>,
+    claim: Option<(usize, Vec<String>)>,
+}
+
+/// What the worker's loop does next.
+enum Step {
+    /// Report outcomes (taking a place in flight, and the claim's slots).
+    Report(Outgoing),
+    /// Claim this many tasks (of these types) at once, beside the reports in flight.
+    Claim(usize, Vec<String>),
+    /// Long-poll for this many: no work was left when last claimed.
+    Poll(usize, Vec<String>),
+    /// Nothing to do until something changes.
+    Wait,
+}
+
 impl Worker {
     /// A builder of a worker of the server at `url` (`""`: `$DYNATASK_URL` or the default).
     pub fn builder(url: impl Into<String>) -> WorkerBuilder {
@@ -573,6 +628,7 @@ impl Worker {
             namespace: "default".to_owned(),
             concurrency: 16,
             batch_size: None,
+            reports_in_flight: REPORTS_IN_FLIGHT,
             lease: None,
             grace: Duration::from_secs(30),
             long_poll: Duration::from_secs(10),
@@ -699,10 +755,12 @@ impl Inner {
     }
 
     /// How many tasks to claim and of which types: the free slots of the worker, and of the
-    /// types with a local limit.
+    /// types with a local limit. The slots of the claims in flight are taken (they may bring
+    /// tasks of any type); those of attempts that ended are free, their outcomes stored with
+    /// the claim that refills them.
     fn capacity(&self, st: &State) -> (usize, Vec<String>) {
         let mut counts: HashMap<&str, usize> = HashMap::new();
-        let mut busy = 0;
+        let mut busy = st.claiming;
         for e in st.running.values().filter(|e| !e.done) {
             busy += 1;
             *counts.entry(e.task_type.as_str()).or_default() += 1;
@@ -713,7 +771,8 @@ impl Inner {
             match self.handlers[t].spec.local {
                 None => types.push(t.clone()),
                 Some(limit) => {
-                    let left = limit.saturating_sub(counts.get(t.as_str()).copied().unwrap_or(0));
+                    let held = counts.get(t.as_str()).copied().unwrap_or(0) + st.claiming;
+                    let left = limit.saturating_sub(held);
                     if left > 0 {
                         free = free.min(left);
                         types.push(t.clone());
@@ -740,62 +799,157 @@ impl Inner {
         }
     }
 
+    /// What the loop does next, its slots and outcomes taken: report the outcomes (with a claim
+    /// of the free slots, unless a long poll will fill them), claim at once, long-poll, or
+    /// wait for a change.
+    fn next_step(&self, st: &mut State) -> Step {
+        let stopping = self.stopping.is_cancelled();
+        let (free, types) = self.capacity(st);
+        if st.has_outcomes() {
+            if st.in_flight >= self.reports_in_flight {
+                return Step::Wait;
+            }
+            let claim = (!st.polling && !stopping && free > 0).then_some((free, types));
+            st.in_flight += 1;
+            st.claiming += claim.as_ref().map_or(0, |c| c.0);
+            return Step::Report(Outgoing {
+                completed: std::mem::take(&mut st.completed),
+                failed: std::mem::take(&mut st.failed),
+                claim,
+            });
+        }
+        if stopping || free == 0 || st.polling || st.pausing {
+            return Step::Wait;
+        }
+        if st.more {
+            // Work was left when the last claim was answered: fill the free slots now, beside
+            // the reports in flight.
+            if st.in_flight >= self.reports_in_flight {
+                return Step::Wait;
+            }
+            st.in_flight += 1;
+            st.claiming += free;
+            return Step::Claim(free, types);
+        }
+        if st.claiming > 0 {
+            // A claim in flight may yet bring work: its answer tells whether to wait for more.
+            return Step::Wait;
+        }
+        st.polling = true;
+        st.claiming += free;
+        Step::Poll(free, types)
+    }
+
+    /// Handlers just started often end within a few turns of the scheduler, on any of its
+    /// threads: their outcomes go in one report (as one turn of the event loop batches them in
+    /// TypeScript), not each few in a round trip of their own. Done once no more come.
+    async fn coalesce(&self) {
+        let mut seen = usize::MAX;
+        for _ in 0..COALESCE_TURNS {
+            tokio::task::yield_now().await;
+            let (outcomes, open) = {
+                let st = lock(&self.state);
+                let open = st.running.values().any(|e| !e.done);
+                (st.completed.len() + st.failed.len(), open)
+            };
+            if outcomes == seen || !open {
+                break;
+            }
+            seen = outcomes;
+        }
+    }
+
+    /// Starts what [`next_step`](Inner::next_step) chose; `false` when it chose to wait.
+    async fn step(self: &Arc<Self>) -> bool {
+        let due = {
+            let st = lock(&self.state);
+            st.has_outcomes() && st.in_flight < self.reports_in_flight
+        };
+        if due {
+            self.coalesce().await;
+        }
+        let step = self.next_step(&mut lock(&self.state));
+        match step {
+            Step::Wait => return false,
+            Step::Report(out) => {
+                tokio::spawn(Arc::clone(self).report(out));
+            }
+            Step::Claim(n, types) => {
+                tokio::spawn(Arc::clone(self).claim(n, types, false));
+            }
+            Step::Poll(n, types) => {
+                tokio::spawn(Arc::clone(self).claim(n, types, true));
+            }
+        }
+        true
+    }
+
     async fn claim_loop(self: Arc<Self>) {
-        let mut failures: u32 = 0;
         loop {
             if self.stopping.is_cancelled() {
                 return;
             }
-            let (free, types, outcomes) = {
-                let st = lock(&self.state);
-                let (free, types) = self.capacity(&st);
-                (free, types, st.has_outcomes())
-            };
-            if outcomes {
-                Arc::clone(&self).flush(true).await;
+            if self.step().await {
                 continue;
             }
-            if free == 0 {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = self.stopping.cancelled() => return,
-                }
-                continue;
-            }
-            let mut body = self.claim_body(free, types);
-            body.wait_ms = Some(self.long_poll_ms);
-            let opts = CallOptions {
-                timeout: Some(Duration::from_millis(self.long_poll_ms + 30_000)),
-                ..CallOptions::default()
-            };
-            lock(&self.state).polling = true;
-            let claimed = tokio::select! {
-                r = self.transport.call_with::<ClaimResult, _>(Method::POST, "/v1/worker/claim", Some(&body), &opts) => Some(r),
-                // Closing the long poll's request: the server releases a claim whose client
-                // hung up.
-                _ = self.stopping.cancelled() => None,
-            };
-            lock(&self.state).polling = false;
-            match claimed {
-                None => return,
-                Some(Ok(t)) => {
-                    failures = 0;
-                    self.start(t.tasks);
-                }
-                Some(Err(e)) => {
-                    failures += 1;
-                    tracing::error!(error = %e, "dynatask worker: claim failed");
-                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause.min(Duration::from_secs(5))) => {}
-                        _ = self.stopping.cancelled() => return,
-                    }
-                }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.stopping.cancelled() => return,
             }
         }
     }
 
-    fn start(self: &Arc<Self>, tasks: Vec<ClaimedTask>) {
+    /// One claim (a long poll when `poll`) of `limit` tasks, whose slots are taken already.
+    async fn claim(self: Arc<Self>, limit: usize, types: Vec<String>, poll: bool) {
+        let mut body = self.claim_body(limit, types);
+        let mut opts = CallOptions::default();
+        if poll {
+            body.wait_ms = Some(self.long_poll_ms);
+            opts.timeout = Some(Duration::from_millis(self.long_poll_ms + 30_000));
+        }
+        let claimed = tokio::select! {
+            r = self.transport.call_with::<ClaimResult, _>(Method::POST, "/v1/worker/claim", Some(&body), &opts) => Some(r),
+            // Closing the long poll's request: the server releases a claim whose client hung
+            // up. (An immediate claim is let land: its tasks are given back.)
+            _ = self.stopping.cancelled(), if poll => None,
+        };
+        match claimed {
+            Some(Ok(t)) => {
+                lock(&self.state).claim_failures = 0;
+                self.landed(t.tasks, limit).await;
+            }
+            None => self.landed(Vec::new(), limit).await,
+            Some(Err(e)) => {
+                self.landed(Vec::new(), limit).await;
+                let failures = {
+                    let mut st = lock(&self.state);
+                    st.claim_failures += 1;
+                    st.pausing = true;
+                    st.claim_failures
+                };
+                tracing::error!(error = %e, "dynatask worker: claim failed");
+                let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause.min(Duration::from_secs(5))) => {}
+                    _ = self.stopping.cancelled() => {}
+                }
+                lock(&self.state).pausing = false;
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            if poll {
+                st.polling = false;
+            } else {
+                st.in_flight -= 1;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The tasks a claim of `asked` brought: run (their slots move from the claim to them in
+    /// one step), or given back when stopping or of a type not served.
+    async fn landed(self: &Arc<Self>, tasks: Vec<ClaimedTask>, asked: usize) {
         if let Some(t) = tasks.first() {
             if t.lease_expires_at > t.started_at {
                 self.granted_lease_ms
@@ -803,81 +957,102 @@ impl Inner {
             }
         }
         let mut release = Vec::new();
-        for t in tasks {
-            let Some(reg) = self.handlers.get(&t.task_type) else {
-                release.push((t.id, t.token));
-                continue;
-            };
-            if self.stopping.is_cancelled() {
-                release.push((t.id, t.token));
-                continue;
+        let mut runs = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            st.claiming = st.claiming.saturating_sub(asked);
+            if asked > 0 {
+                st.more = tasks.len() >= asked;
             }
-            let attempt = Arc::new(Attempt::new(
-                Arc::clone(&self.transport),
-                t.id,
-                t.job_id,
-                t.parent_id,
-                t.task_type.clone(),
-                t.attempt,
-                t.token,
-                t.payload,
-                self.lease_ms,
-            ));
-            let key: Ref = (attempt.id.clone(), attempt.token);
-            let payload = attempt.payload.clone();
-            let ctx = TaskContext::new(Arc::clone(&attempt));
-            lock(&self.state).running.insert(
-                key.clone(),
-                Entry {
-                    attempt: Arc::clone(&attempt),
-                    task_type: t.task_type,
-                    done: false,
-                    aborted: None,
-                    run: None,
-                },
-            );
-            let fut = match reg.handler.start(ctx, payload) {
-                Ok(f) => f,
-                Err(message) => {
-                    self.finish(&key, Done::Payload(message));
+            let stopping = self.stopping.is_cancelled();
+            for t in tasks {
+                let Some(reg) = self.handlers.get(&t.task_type) else {
+                    release.push((t.id, t.token));
+                    continue;
+                };
+                if stopping {
+                    release.push((t.id, t.token));
                     continue;
                 }
-            };
-            let me = Arc::clone(self);
-            let k = key.clone();
-            let handle = tokio::spawn(async move {
-                let done = match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(r) => Done::Result(r),
-                    Err(p) => Done::Panicked(
-                        p.downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "the handler panicked".to_owned()),
-                    ),
-                };
-                me.finish(&k, done);
-            });
-            {
-                let mut st = lock(&self.state);
-                if let Some(e) = st.running.get_mut(&key) {
-                    e.run = Some(handle.abort_handle());
-                }
-            }
-            if let Some(ms) = t.timeout_ms {
-                let me = Arc::clone(self);
-                let k = key.clone();
-                let cancel = attempt.cancel.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(ms)) => me.timed_out(&k),
-                        _ = cancel.cancelled() => {}
-                    }
-                });
+                let attempt = Arc::new(Attempt::new(
+                    Arc::clone(&self.transport),
+                    t.id,
+                    t.job_id,
+                    t.parent_id,
+                    t.task_type.clone(),
+                    t.attempt,
+                    t.token,
+                    t.payload,
+                    self.lease_ms,
+                ));
+                let key: Ref = (attempt.id.clone(), attempt.token);
+                st.running.insert(
+                    key.clone(),
+                    Entry {
+                        attempt: Arc::clone(&attempt),
+                        task_type: t.task_type,
+                        done: false,
+                        aborted: None,
+                        run: None,
+                    },
+                );
+                runs.push((key, attempt, Arc::clone(&reg.handler), t.timeout_ms));
             }
         }
+        for (key, attempt, handler, timeout_ms) in runs {
+            self.run(key, attempt, handler, timeout_ms);
+        }
         if !release.is_empty() {
+            self.release(release).await;
+        }
+    }
+
+    /// One handler run, as a tokio task, with its timeout.
+    fn run(
+        self: &Arc<Self>,
+        key: Ref,
+        attempt: Arc<Attempt>,
+        handler: Arc<dyn Erased>,
+        timeout_ms: Option<u64>,
+    ) {
+        let payload = attempt.payload.clone();
+        let ctx = TaskContext::new(Arc::clone(&attempt));
+        let fut = match handler.start(ctx, payload) {
+            Ok(f) => f,
+            Err(message) => {
+                self.finish(&key, Done::Payload(message));
+                return;
+            }
+        };
+        let me = Arc::clone(self);
+        let k = key.clone();
+        let handle = tokio::spawn(async move {
+            let done = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(r) => Done::Result(r),
+                Err(p) => Done::Panicked(
+                    p.downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "the handler panicked".to_owned()),
+                ),
+            };
+            me.finish(&k, done);
+        });
+        {
+            let mut st = lock(&self.state);
+            if let Some(e) = st.running.get_mut(&key) {
+                e.run = Some(handle.abort_handle());
+            }
+        }
+        if let Some(ms) = timeout_ms {
             let me = Arc::clone(self);
-            tokio::spawn(async move { me.release(release).await });
+            let cancel = attempt.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => me.timed_out(&key),
+                    _ = cancel.cancelled() => {}
+                }
+            });
         }
     }
 
@@ -898,7 +1073,7 @@ impl Inner {
         );
         st.failed
             .push((key.clone(), error("TimeoutError", &message, None)));
-        self.outcome_added(&mut st);
+        self.wake.notify_one();
     }
 
     fn abort(&self, st: &mut State, key: &Ref, why: &str) {
@@ -943,74 +1118,18 @@ impl Inner {
             Some(Ok(v)) => st.completed.push((key.clone(), v)),
             Some(Err(v)) => st.failed.push((key.clone(), v)),
         }
-        self.outcome_added(&mut st);
-    }
-
-    fn outcome_added(self: &Arc<Self>, st: &mut State) {
         self.wake.notify_one();
-        // A long poll is in flight (no work was ready): outcomes go without a claim, and work
-        // they make ready answers that poll.
-        if st.polling && !st.side_flush {
-            st.side_flush = true;
-            let me = Arc::clone(self);
-            tokio::spawn(async move {
-                loop {
-                    {
-                        let mut st = lock(&me.state);
-                        if !st.polling || !st.has_outcomes() {
-                            st.side_flush = false;
-                            return;
-                        }
-                    }
-                    Arc::clone(&me).flush(false).await;
-                }
-            });
-        }
     }
 
-    async fn flush(self: Arc<Self>, claim: bool) {
-        let _guard = self.flush_lock.lock().await;
-        // Handlers just started often end within a few turns of the scheduler, on any of its
-        // threads: their outcomes go in this report (as one turn of the event loop batches them
-        // in TypeScript), not each few in a round trip of their own. Done once no more come.
-        let mut seen = usize::MAX;
-        for _ in 0..COALESCE_TURNS {
-            tokio::task::yield_now().await;
-            let (outcomes, open) = {
-                let st = lock(&self.state);
-                let open = st.running.values().any(|e| !e.done);
-                (st.completed.len() + st.failed.len(), open)
-            };
-            if outcomes == seen || !open {
-                break;
-            }
-            seen = outcomes;
-        }
-        let (completed, failed, want) = {
-            let mut st = lock(&self.state);
-            let completed = std::mem::take(&mut st.completed);
-            let failed = std::mem::take(&mut st.failed);
-            let want = if claim && !st.polling && !self.stopping.is_cancelled() {
-                // The slots these outcomes free count: they are refilled in the same trip.
-                Some(self.capacity(&st))
-            } else {
-                None
-            };
-            (completed, failed, want)
-        };
-        if completed.is_empty() && failed.is_empty() {
-            return;
-        }
-        self.report(completed, failed, want.filter(|(n, _)| *n > 0))
-            .await;
-    }
-
-    async fn report(
-        self: &Arc<Self>,
-        completed: Vec<(Ref, Value)>,
-        failed: Vec<(Ref, FailedError)>,
-        claim: Option<(usize, Vec<String>)>,
-    ) {
+    /// One report in flight: the outcomes (in several requests when over the server's limits,
+    /// the claim with the last), tried again while the server cannot store them.
+    async fn report(self: Arc<Self>, out: Outgoing) {
+        let Outgoing {
+            completed,
+            failed,
+            claim,
+        } = out;
+        let asked = claim.as_ref().map_or(0, |c| c.0);
         // Within the server's limits (1000 items a list, its body limit): a big batch goes in
         // several requests, the claim with the last.
         let mut chunks: Vec<(Vec<Completed>, Vec<Failed>, Vec<Ref>)> = vec![Default::default()];
@@ -1045,6 +1164,7 @@ impl Inner {
             chunk.2.push(key);
         }
         let last = chunks.len() - 1;
+        let mut claimed = Vec::new();
         for (i, (done, fail, refs)) in chunks.into_iter().enumerate() {
             let body = ReportRequest {
                 completed: Some(done),
@@ -1058,6 +1178,7 @@ impl Inner {
             };
             let since = Instant::now();
             let mut tries: u32 = 0;
+            // The attempts stay held (and heartbeated) while their outcomes are tried again.
             let tasks = loop {
                 match self
                     .transport
@@ -1084,10 +1205,14 @@ impl Inner {
                     st.remove(r);
                 }
             }
-            // A drain waiting for these attempts to end learns of it now.
-            self.wake.notify_one();
-            self.start(tasks);
+            if i == last {
+                claimed = tasks;
+            }
         }
+        self.landed(claimed, asked).await;
+        lock(&self.state).in_flight -= 1;
+        // The loop may send what waited for this slot; a drain learns that attempts ended.
+        self.wake.notify_one();
     }
 
     async fn release(&self, refs: Vec<Ref>) {
@@ -1154,62 +1279,231 @@ impl Inner {
     }
 
     /// Stopping: no more claims; running handlers get the grace period to finish and their
-    /// outcomes are reported; then the late ones are failed, retryably.
+    /// outcomes are reported; then the late ones are failed, retryably. Returns once every
+    /// outcome went and nothing is in flight.
     async fn drain(self: Arc<Self>) {
         let grace = *self.grace.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + grace;
+        let mut late = None;
         loop {
-            let (busy, outcomes) = {
-                let st = lock(&self.state);
-                (!st.running.is_empty(), st.has_outcomes())
-            };
-            if outcomes {
-                Arc::clone(&self).flush(false).await;
+            // Outcomes go (without claims) as they come, the reports in flight within the limit.
+            if self.step().await {
                 continue;
             }
-            if !busy {
-                break;
+            {
+                let st = lock(&self.state);
+                if st.running.is_empty() && st.in_flight == 0 && !st.polling {
+                    break;
+                }
             }
             let grace_now = *self.grace.lock().unwrap_or_else(|p| p.into_inner());
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || grace_now.is_zero() {
-                break;
+            if late.is_none() && (left.is_zero() || grace_now.is_zero()) {
+                late = Some(self.fail_late(grace));
+                continue;
             }
-            let _ = tokio::time::timeout(left, self.wake.notified()).await;
-        }
-        let late = {
-            let mut st = lock(&self.state);
-            let keys: Vec<Ref> = st
-                .running
-                .iter()
-                .filter(|(_, e)| !e.done)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &keys {
-                if let Some(e) = st.running.get_mut(k) {
-                    e.done = true;
-                    e.attempt.cancel.cancel();
-                    if let Some(run) = &e.run {
-                        run.abort();
-                    }
-                    // Failed (retryably) rather than left to their leases: retried sooner.
-                    if e.aborted.is_none() {
-                        let message = format!(
-                            "the worker stopped before the handler finished (grace {} ms)",
-                            grace.as_millis()
-                        );
-                        st.failed
-                            .push((k.clone(), error("WorkerStopped", &message, None)));
-                    }
-                }
+            if late.is_none() {
+                let _ = tokio::time::timeout(left, self.wake.notified()).await;
+            } else {
+                self.wake.notified().await;
             }
-            keys.len()
-        };
-        if lock(&self.state).has_outcomes() {
-            Arc::clone(&self).flush(false).await;
         }
-        if late > 0 {
-            tracing::warn!("dynatask worker: {late} handlers still running after the grace");
+        if let Some(n) = late.filter(|n| *n > 0) {
+            tracing::warn!("dynatask worker: {n} handlers still running after the grace");
         }
+    }
+
+    /// The grace is over: handlers still running are stopped and failed (retryably, rather
+    /// than left to their leases: retried sooner); those cancelled or lost are let go.
+    fn fail_late(&self, grace: Duration) -> usize {
+        let mut st = lock(&self.state);
+        let keys: Vec<Ref> = st
+            .running
+            .iter()
+            .filter(|(_, e)| !e.done)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            let Some(e) = st.running.get_mut(k) else {
+                continue;
+            };
+            e.done = true;
+            e.attempt.cancel.cancel();
+            if let Some(run) = &e.run {
+                run.abort();
+            }
+            if e.aborted.is_none() {
+                let message = format!(
+                    "the worker stopped before the handler finished (grace {} ms)",
+                    grace.as_millis()
+                );
+                st.failed
+                    .push((k.clone(), error("WorkerStopped", &message, None)));
+            } else {
+                // The server rejects its outcome anyway.
+                st.remove(k);
+            }
+        }
+        keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's accounting of reports and claims in flight, step by step (no server: each
+    //! step is taken as the loop takes it, and the answers are handed in as the requests'
+    //! tasks would).
+    use super::*;
+
+    /// A worker of 8 slots, batches of 4, whose handlers never end by themselves, of `a`, and
+    /// of `b` (at most 2 at once here) when `with_b`.
+    fn worker(reports_in_flight: usize, with_b: bool) -> Worker {
+        let pending = |_ctx: TaskContext, _p: Value| std::future::pending::<Result<()>>();
+        let mut b = Worker::builder("http://127.0.0.1:9")
+            .concurrency(8)
+            .batch_size(4)
+            .reports_in_flight(reports_in_flight)
+            .handle_signals(false)
+            .handle("a", pending);
+        if with_b {
+            b = b.handle(TaskType::new("b").local_concurrency(2), pending);
+        }
+        b.build().expect("a worker")
+    }
+
+    fn tasks(range: std::ops::Range<usize>) -> Vec<ClaimedTask> {
+        range
+            .map(|i| ClaimedTask {
+                id: format!("t{i}"),
+                job_id: format!("j{i}"),
+                parent_id: None,
+                namespace: "default".to_owned(),
+                task_type: "a".to_owned(),
+                payload: Value::Null,
+                attempt: 1,
+                token: 1,
+                timeout_ms: None,
+                started_at: 0,
+                lease_expires_at: 30_000,
+            })
+            .collect()
+    }
+
+    fn key(i: usize) -> Ref {
+        (format!("t{i}"), 1)
+    }
+
+    /// The step taken, with what it carries: `("report", outcomes, claim)`, `("claim", 0, n)`,
+    /// `("poll", 0, n)`, `("wait", 0, 0)`.
+    fn step(inner: &Inner) -> (&'static str, usize, usize) {
+        let mut st = lock(&inner.state);
+        let s = inner.next_step(&mut st);
+        // Never more attempts running and claimed than the concurrency.
+        let active = st.running.values().filter(|e| !e.done).count();
+        assert!(
+            active + st.claiming <= inner.concurrency,
+            "over the concurrency"
+        );
+        match s {
+            Step::Report(o) => (
+                "report",
+                o.completed.len() + o.failed.len(),
+                o.claim.map_or(0, |c| c.0),
+            ),
+            Step::Claim(n, _) => ("claim", 0, n),
+            Step::Poll(n, _) => ("poll", 0, n),
+            Step::Wait => ("wait", 0, 0),
+        }
+    }
+
+    fn end(inner: &Arc<Inner>, i: usize) {
+        inner.finish(&key(i), Done::Result(Ok(Value::Null)));
+    }
+
+    #[tokio::test]
+    async fn a_second_report_goes_while_one_is_in_flight_and_claims_only_free_slots() {
+        let w = worker(2, false);
+        let inner = &w.inner;
+        // Idle: one long poll, of a batch.
+        assert_eq!(step(inner), ("poll", 0, 4));
+        assert_eq!(step(inner), ("wait", 0, 0), "one long poll at most");
+        // It brings a full batch: the other slots are claimed at once.
+        inner.landed(tasks(0..4), 4).await;
+        lock(&inner.state).polling = false;
+        assert_eq!(step(inner), ("claim", 0, 4));
+        // Two handlers end while that claim is in flight: their outcomes go at once, with a
+        // claim of the two slots they free (the claim in flight holds the other four).
+        end(inner, 0);
+        end(inner, 1);
+        assert_eq!(step(inner), ("report", 2, 2));
+        assert_eq!(lock(&inner.state).in_flight, 2);
+        // Two in flight: the next outcomes wait.
+        end(inner, 2);
+        end(inner, 3);
+        assert_eq!(step(inner), ("wait", 0, 0));
+        // The claim lands: its four run, and the waiting outcomes claim the two slots left.
+        inner.landed(tasks(4..8), 4).await;
+        lock(&inner.state).in_flight -= 1;
+        assert_eq!(step(inner), ("report", 2, 2));
+        // Every slot is held or claimed: outcomes go without a claim.
+        lock(&inner.state).in_flight -= 1;
+        end(inner, 4);
+        {
+            let st = lock(&inner.state);
+            assert_eq!(st.claiming, 4);
+        }
+        assert_eq!(step(inner), ("report", 1, 1));
+    }
+
+    #[tokio::test]
+    async fn one_report_in_flight_when_so_configured() {
+        let w = worker(1, false);
+        let inner = &w.inner;
+        assert_eq!(step(inner), ("poll", 0, 4));
+        inner.landed(tasks(0..4), 4).await;
+        lock(&inner.state).polling = false;
+        end(inner, 0);
+        assert_eq!(step(inner), ("report", 1, 4));
+        end(inner, 1);
+        assert_eq!(step(inner), ("wait", 0, 0), "one report in flight at most");
+    }
+
+    #[tokio::test]
+    async fn outcomes_go_without_a_claim_while_a_long_poll_is_pending() {
+        let w = worker(2, false);
+        let inner = &w.inner;
+        assert_eq!(step(inner), ("poll", 0, 4));
+        inner.landed(tasks(0..2), 4).await;
+        // Fewer than asked: no more work was ready, so the free slots wait for a long poll,
+        // after the claims in flight.
+        assert!(!lock(&inner.state).more);
+        lock(&inner.state).polling = false;
+        assert_eq!(step(inner), ("poll", 0, 4));
+        end(inner, 0);
+        assert_eq!(step(inner), ("report", 1, 0));
+        assert_eq!(lock(&inner.state).claiming, 4);
+    }
+
+    #[test]
+    fn claims_in_flight_count_against_a_local_limit() {
+        let w = worker(2, true);
+        let inner = &w.inner;
+        let mut st = lock(&inner.state);
+        // A claim asking for `b` asks for 2 at most.
+        assert_eq!(
+            inner.capacity(&st),
+            (2, vec!["a".to_owned(), "b".to_owned()])
+        );
+        // A claim in flight of one task may bring a `b`: one `b` slot is left.
+        st.claiming = 1;
+        assert_eq!(
+            inner.capacity(&st),
+            (1, vec!["a".to_owned(), "b".to_owned()])
+        );
+        // Two: none, so `b` is not asked for; `a` has the worker's free slots (batches of 4).
+        st.claiming = 2;
+        assert_eq!(inner.capacity(&st), (4, vec!["a".to_owned()]));
+        st.claiming = 5;
+        assert_eq!(inner.capacity(&st), (3, vec!["a".to_owned()]));
     }
 }

@@ -1,6 +1,6 @@
 //! The Rust worker against a real `dynatask server`, on SQLite and on PostgreSQL: spawn and
 //! resume with the same children, both wait shapes, steps, cancellation, a payload that does
-//! not deserialise, graceful shutdown.
+//! not deserialise, graceful shutdown, two reports in flight within the concurrency.
 
 mod common;
 
@@ -391,6 +391,90 @@ async fn a_stopping_worker_finishes_what_runs_within_its_grace() {
         assert!(
             slow.is_null() || slow["served"] == false || slow["served"] == 0,
             "the worker told the server it stopped: {slow}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reports_in_flight_never_run_more_than_the_concurrency() {
+    const JOBS: usize = 200;
+    for store in Store::all() {
+        let server = TestServer::start(store);
+        let t = Transport::new(&server.url, None).unwrap();
+        let jobs: Vec<Value> = (0..JOBS)
+            .map(|i| json!({"type": "work", "payload": i}))
+            .collect();
+        let body = json!({ "jobs": jobs });
+        let _: Value = t
+            .call(Method::POST, "/v1/jobs", Some(&body))
+            .await
+            .expect("submitted");
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let all_ran = Arc::new(Notify::new());
+        let (n, m, r, a) = (
+            Arc::clone(&now),
+            Arc::clone(&most),
+            Arc::clone(&runs),
+            Arc::clone(&all_ran),
+        );
+        // Batches of 2 (4 slots, 2 reports in flight): the handlers of one batch run while
+        // another is stored, outcomes of some handlers going while others still run.
+        let worker = Worker::builder(server.url.clone())
+            .concurrency(4)
+            .batch_size(2)
+            .reports_in_flight(2)
+            .handle_signals(false)
+            .handle("work", move |ctx: TaskContext, i: u64| {
+                let (n, m, r, a) = (
+                    Arc::clone(&n),
+                    Arc::clone(&m),
+                    Arc::clone(&r),
+                    Arc::clone(&a),
+                );
+                async move {
+                    let running = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(running, Ordering::SeqCst);
+                    // Work of different lengths (0 to 4 ms): handlers end out of step with
+                    // their batches, and claims land while others still run.
+                    tokio::time::sleep(Duration::from_millis(i % 5)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let mut runs = r.lock().unwrap();
+                    *runs.entry(ctx.task_id().to_owned()).or_insert(0usize) += 1;
+                    if runs.len() == JOBS {
+                        a.notify_one();
+                    }
+                    Ok(i)
+                }
+            })
+            .build()
+            .unwrap();
+        let (stop, running) = serve(worker);
+        tokio::time::timeout(SETTLE, all_ran.notified())
+            .await
+            .expect("every task ran");
+        // The drain reports the last outcomes.
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        assert!(
+            most.load(Ordering::SeqCst) <= 4,
+            "{} handlers at once",
+            most.load(Ordering::SeqCst)
+        );
+        assert!(
+            runs.lock().unwrap().values().all(|n| *n == 1),
+            "each ran once"
+        );
+        let list: Value = t
+            .call::<Value, ()>(Method::GET, "/v1/jobs?state=succeeded&limit=1000", None)
+            .await
+            .expect("jobs");
+        assert_eq!(
+            list["jobs"].as_array().unwrap().len(),
+            JOBS,
+            "every outcome stored ({})",
+            store.name()
         );
     }
 }
