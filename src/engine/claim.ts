@@ -49,7 +49,8 @@ export async function claimIn(
     if (t != null) typeTimeouts[type] = t;
   }
   if (tx.claimReady && !((engine.limitedUntil.get(namespace) ?? 0) > b.now)) {
-    // One statement when the namespace has no concurrency limits; else the general path.
+    // One statement when the namespace has no concurrency limits (null: it has, take the
+    // general path); nothing claimed then means nothing is due.
     const rows = await tx.claimReady({
       namespace,
       types,
@@ -60,7 +61,7 @@ export async function claimIn(
       typeTimeouts,
       workerId,
     });
-    if (rows.length) {
+    if (rows) {
       rows.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
       for (const row of rows) b.taskEvent(row, 'running');
       return rows.map((row) => ({ row, token: row.run_token }));

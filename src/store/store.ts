@@ -254,10 +254,11 @@ export interface StoreTx {
   /**
    * Optional shortcut of a whole claim in one statement, for a namespace without concurrency
    * limits: the best `limit` due tasks of `types`, claimed and leased as claimByIds would.
-   * Returns nothing when the namespace has limits (or nothing is due): the engine then takes
-   * the general path. Worth having where a statement is a round trip (PostgreSQL).
+   * Returns null when the namespace has limits: the engine then takes the general path. An
+   * empty list means nothing is due, and is final. Worth having where a statement is a round
+   * trip (PostgreSQL).
    */
-  claimReady?(q: ClaimReadyQuery): Promise<ClaimRow[]>;
+  claimReady?(q: ClaimReadyQuery): Promise<ClaimRow[] | null>;
   /**
    * Guarded completion: for each item still running under its token, stores the result and
    * moves it to `succeeded` (no open children and no unobserved failure) or `completing`.

@@ -160,7 +160,14 @@ export class PostgresStore implements Store {
     const s = `"${this.schema}"`;
     const channel = readyChannel(this.schema);
     this.ready = new ReadyListener({ connectionString: parsed.url, types }, channel);
-    this.ctx = { schema: s, q: queries(s), updates: new Map(), channel, origin: this.ready.origin };
+    this.ctx = {
+      schema: s,
+      q: queries(s),
+      updates: new Map(),
+      names: new Map(),
+      channel,
+      origin: this.ready.origin,
+    };
   }
 
   async pendingMigrations(): Promise<string[]> {

@@ -170,22 +170,24 @@ export function queries(s: string) {
      * without concurrency limits (no slot rows; a limit always has one): the best due tasks
      * of each type, locked (SKIP LOCKED), the best `limit` of those claimed. Claims nothing
      * when the namespace has slots: the caller then takes the general path (getSlots,
-     * claimCandidates, claimByIds).
+     * claimCandidates, claimByIds). Every row says whether it has (`_limited`); when nothing
+     * is claimed, one row of NULLs carries it, so that "nothing due" is final.
      */
-    claimReady: `WITH c AS (
+    claimReady: `WITH lim AS (SELECT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1) AS limited),
+      c AS (
         SELECT x.ctid FROM unnest($2::text[]) AS ty(type)
         CROSS JOIN LATERAL (
           SELECT t.ctid, t.priority, t.run_at, t.id FROM ${s}.tasks AS t
           WHERE t.namespace = $1 AND t.type = ty.type AND t.state = 'queued' AND t.run_at <= $3
-            AND NOT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1)
+            AND NOT (SELECT limited FROM lim)
           ORDER BY t.priority DESC, t.run_at, t.id
           LIMIT $4
           FOR UPDATE SKIP LOCKED
         ) AS x
         ORDER BY x.priority DESC, x.run_at, x.id
         LIMIT $4
-      )
-      UPDATE ${s}.tasks AS t SET
+      ),
+      u AS (UPDATE ${s}.tasks AS t SET
         state = 'running', attempt = greatest(t.attempt, 1), run_token = t.run_token + 1,
         started_at = $3::bigint, slots_held = 0, worker_id = $8::text,
         timeout_ms = coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint),
@@ -194,7 +196,9 @@ export function queries(s: string) {
           ELSE least($3::bigint + $5::bigint, $3::bigint + coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint) + $6::bigint) END
       FROM c
       WHERE t.ctid = c.ctid
-      RETURNING ${list(CLAIM_COLUMNS, 't')}`,
+      RETURNING ${list(CLAIM_COLUMNS, 't')}
+      )
+      SELECT lim.limited AS _limited, u.* FROM lim LEFT JOIN u ON true`,
 
     /**
      * $1: now, $2: limit. Running tasks whose lease expired, locked; SKIP LOCKED leaves a task

@@ -37,6 +37,8 @@ export interface TxContext {
   origin: string;
   /** Type parsers to name on every query: set when the client is the caller's, not the pool's. */
   types?: pg.CustomTypesConfig;
+  /** Names of the prepared statements, by text (the same on every connection of the pool). */
+  names: Map<string, string>;
 }
 
 export class PostgresTx implements StoreTx {
@@ -50,6 +52,13 @@ export class PostgresTx implements StoreTx {
   private readonly candidateTids = new Map<string, string>();
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
   private readonly notices: string[] = [];
+
+  /**
+   * Writes whose answer nobody needs (updates of tasks, jobs, slots; attempts), rendered with
+   * their values as literals: they go out with the next statement, or with COMMIT, in one
+   * round trip (a simple multi-statement query), in the order they were made.
+   */
+  private readonly pending: string[] = [];
 
   /** Ids of the task rows this transaction locked (for a caller's transaction: see PostgresStore). */
   readonly locked = new Set<string>();
@@ -76,18 +85,49 @@ export class PostgresTx implements StoreTx {
     if (holder && holder !== this.callers.holder) throw callerHoldsError(taskId);
   }
 
-  private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
-    return (await this.query(text, values)).rows as R[];
+  private async rows<R>(text: string, values: unknown[], prepared = false): Promise<R[]> {
+    return (await this.query(text, values, prepared)).rows as R[];
   }
 
   /**
-   * One statement. A caller's own client parses bigints as strings by default: its queries
-   * say how to parse them (as numbers, like the store's pool), whatever the client's settings.
+   * One statement, after the pending writes. A caller's own client parses bigints as strings
+   * by default: its queries say how to parse them (as numbers, like the store's pool),
+   * whatever the client's settings.
+   *
+   * With pending writes, the statement rides with them, its values inlined. Otherwise, when
+   * `prepared` (a statement of one task, whose plan does not depend on a batch's size), it is
+   * a named prepared statement of the connection: planned once, not on every call.
    */
-  private query(text: string, values: unknown[]): Promise<pg.QueryResult> {
-    return this.ctx.types
-      ? this.client.query({ text, values, types: this.ctx.types })
-      : this.client.query(text, values);
+  private async query(text: string, values: unknown[], prepared = false): Promise<pg.QueryResult> {
+    if (this.pending.length) {
+      this.pending.push(inline(this.client, text, values));
+      const out = await this.simple(this.pending.splice(0).join(';\n'));
+      return Array.isArray(out) ? out[out.length - 1]! : out;
+    }
+    const types = this.ctx.types;
+    // Not on a caller's connection: its prepared statements are the caller's business.
+    if (prepared && !types) {
+      let name = this.ctx.names.get(text);
+      if (name === undefined) {
+        name = `dynatask_${this.ctx.names.size}`;
+        this.ctx.names.set(text, name);
+      }
+      return this.client.query({ name, text, values });
+    }
+    return types ? this.client.query({ text, values, types }) : this.client.query(text, values);
+  }
+
+  /** A simple query (no parameters; several statements allowed): one result, or one per statement. */
+  private simple(text: string): Promise<pg.QueryResult | pg.QueryResult[]> {
+    const types = this.ctx.types;
+    return (types ? this.client.query({ text, types }) : this.client.query(text)) as Promise<
+      pg.QueryResult | pg.QueryResult[]
+    >;
+  }
+
+  /** A write whose answer is not needed: sent with the next statement, or with COMMIT. */
+  private defer(text: string, values: unknown[]): void {
+    this.pending.push(inline(this.client, text, values));
   }
 
   /** The database's clock, not this machine's: processes on machines whose clocks differ agree on leases and run times. */
@@ -123,7 +163,7 @@ export class PostgresTx implements StoreTx {
     patches: Array<{ id: string; state: JobRow['state']; settled_at: number | null }>,
   ): Promise<void> {
     if (!patches.length) return;
-    await this.query(this.ctx.q.updateJobs, [
+    this.defer(this.ctx.q.updateJobs, [
       patches.map((p) => p.id),
       patches.map((p) => p.state),
       patches.map((p) => p.settled_at),
@@ -177,7 +217,7 @@ export class PostgresTx implements StoreTx {
       values.push(merged.map((p) => p[name] ?? null));
       if (partial && isNullable(name)) values.push(merged.map((p) => name in p));
     }
-    await this.query(sql, values);
+    this.defer(sql, values);
   }
 
   async findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]> {
@@ -214,8 +254,8 @@ export class PostgresTx implements StoreTx {
     return rows;
   }
 
-  async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[]> {
-    return this.rows(this.ctx.q.claimReady, [
+  async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[] | null> {
+    const rows = await this.rows<ClaimRow & { _limited: boolean }>(this.ctx.q.claimReady, [
       q.namespace,
       q.types,
       q.now,
@@ -225,6 +265,14 @@ export class PostgresTx implements StoreTx {
       JSON.stringify(q.typeTimeouts),
       q.workerId,
     ]);
+    if (rows[0]?._limited) return null;
+    const claimed: ClaimRow[] = [];
+    for (const r of rows) {
+      if (r.id === null) continue; // the row of NULLs: nothing claimed
+      const { _limited, ...row } = r;
+      claimed.push(row);
+    }
+    return claimed;
   }
 
   /**
@@ -304,7 +352,7 @@ export class PostgresTx implements StoreTx {
     const last = new Map(rows.map((r) => [`${r.job_id}\0${r.task_id}\0${r.attempt}`, r]));
     if (!last.size) return;
     const list = [...last.values()];
-    await this.query(this.ctx.q.insertAttempts, [
+    this.defer(this.ctx.q.insertAttempts, [
       list.map((r) => r.job_id),
       list.map((r) => r.task_id),
       list.map((r) => r.attempt),
@@ -346,7 +394,7 @@ export class PostgresTx implements StoreTx {
   async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
     const changed = [...deltas].filter(([, d]) => d !== 0);
     if (!changed.length) return;
-    await this.query(this.ctx.q.adjustSlots, [namespace, changed.map(([k]) => k), changed.map(([, d]) => d)]);
+    this.defer(this.ctx.q.adjustSlots, [namespace, changed.map(([k]) => k), changed.map(([, d]) => d)]);
   }
 
   /** Kept for commitSql: Postgres delivers a NOTIFY on commit, and drops it on rollback. */
@@ -355,24 +403,26 @@ export class PostgresTx implements StoreTx {
   }
 
   /**
-   * Sends the notices inside the transaction (a caller's own, which the caller commits):
-   * Postgres holds them until that commit, and drops them on rollback.
+   * Sends the pending writes and the notices inside the transaction (a caller's own, which
+   * the caller commits): Postgres holds the notices until that commit, and drops them on rollback.
    */
   async sendNotices(): Promise<void> {
-    if (!this.notices.length) return;
-    await this.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [
-      this.ctx.channel,
-      this.notices,
-    ]);
+    const sql = this.tail();
+    if (sql.length) await this.simple(sql.join(';\n'));
   }
 
-  /** COMMIT, preceded by the transaction's notices: one round trip (a simple multi-statement query). */
+  /** COMMIT, preceded by the pending writes and the notices: one round trip (a simple multi-statement query). */
   commitSql(): string {
+    return [...this.tail(), 'COMMIT'].join(';\n');
+  }
+
+  /** What is left to send before the transaction ends: the pending writes, then the notices. */
+  private tail(): string[] {
     const channel = this.client.escapeLiteral(this.ctx.channel);
     return [
+      ...this.pending.splice(0),
       ...this.notices.map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
-      'COMMIT',
-    ].join('; ');
+    ];
   }
 
   async getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]> {
@@ -394,6 +444,27 @@ export class PostgresTx implements StoreTx {
       list.map((r) => r.concurrency),
     ]);
   }
+}
+
+/**
+ * A statement with its values in place of its parameters, as literals: the text Postgres
+ * would parse from each parameter, quoted (every parameter of these statements is cast, or
+ * compared with a column, so an untyped literal takes the type the parameter would).
+ */
+export function inline(client: pg.ClientBase, text: string, values: unknown[]): string {
+  return text.replace(/\$(\d+)/g, (_, n: string) => literal(client, values[Number(n) - 1]));
+}
+
+function literal(client: pg.ClientBase, v: unknown): string {
+  if (v === null || v === undefined) return 'NULL';
+  if (Array.isArray(v)) {
+    const items = v.map((e) =>
+      e === null || e === undefined ? 'NULL' : `"${String(e).replace(/[\\"]/g, '\\$&')}"`,
+    );
+    return client.escapeLiteral(`{${items.join(',')}}`);
+  }
+  if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`not a finite number: ${v}`);
+  return client.escapeLiteral(String(v));
 }
 
 /** The refusal of a call that would wait for a caller's own open transaction. */
