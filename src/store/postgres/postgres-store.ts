@@ -431,7 +431,16 @@ export class PostgresStore implements Store {
 
   async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
     if (!types.length) return null;
-    const [r] = await this.rows<{ t: number | null; now: number }>(this.ctx.q.nextRunAt, [namespace, types]);
+    // Prepared (an idle worker's one read after each short claim): planned once per connection.
+    const [r] = (
+      await this.tracked('statement', () =>
+        this.pool.query<{ t: number | null; now: number }>({
+          name: 'dynatask_next_run_at',
+          text: this.ctx.q.nextRunAt,
+          values: [namespace, types],
+        }),
+      )
+    ).rows;
     // On this process's clock: the worker sleeps until then.
     return r?.t == null ? null : r.t - r.now + Date.now();
   }

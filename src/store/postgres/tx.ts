@@ -139,15 +139,19 @@ export class PostgresTx implements StoreTx {
     if (!rows.length) return;
     // A job id is the caller's idempotency key: one a concurrent transaction has just taken
     // means running this one again, which then finds that job.
-    const inserted = await this.query(this.ctx.q.insertJobs, [
-      rows.map((r) => r.id),
-      rows.map((r) => r.namespace),
-      rows.map((r) => r.type),
-      rows.map((r) => r.root_task_id),
-      rows.map((r) => r.state),
-      rows.map((r) => r.created_at),
-      rows.map((r) => r.settled_at),
-    ]);
+    const inserted = await this.query(
+      this.ctx.q.insertJobs,
+      [
+        rows.map((r) => r.id),
+        rows.map((r) => r.namespace),
+        rows.map((r) => r.type),
+        rows.map((r) => r.root_task_id),
+        rows.map((r) => r.state),
+        rows.map((r) => r.created_at),
+        rows.map((r) => r.settled_at),
+      ],
+      rows.length === 1,
+    );
     if ((inserted.rowCount ?? 0) < rows.length) {
       this.lostKeyRace = true;
       throw new Error('a concurrent submit took the same job id');
@@ -156,7 +160,7 @@ export class PostgresTx implements StoreTx {
 
   async getJobs(ids: string[]): Promise<JobRow[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.getJobs, [ids]);
+    return this.rows(this.ctx.q.getJobs, [ids], ids.length === 1);
   }
 
   async updateJobs(
@@ -175,6 +179,7 @@ export class PostgresTx implements StoreTx {
     const inserted = await this.rows<{ id: string }>(
       this.ctx.q.insertTasks,
       TASK_COLUMNS.map((c) => rows.map((r) => r[c])),
+      rows.length === 1,
     );
     if (inserted.length < rows.length) this.lostKeyRace = true;
     return new Set(inserted.map((r) => r.id));
@@ -185,6 +190,7 @@ export class PostgresTx implements StoreTx {
     const rows = await this.rows<TaskCore>(
       opts?.skipLocked ? this.ctx.q.getTasksSkipLocked : this.ctx.q.getTasks,
       [ids],
+      ids.length === 1,
     );
     if (this.callers.holder) for (const r of rows) this.locked.add(r.id);
     return rows;
@@ -222,7 +228,7 @@ export class PostgresTx implements StoreTx {
 
   async findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]> {
     if (!keys.length) return [];
-    return this.rows(this.ctx.q.findChildrenByKey, [parentId, keys]);
+    return this.rows(this.ctx.q.findChildrenByKey, [parentId, keys], keys.length === 1);
   }
 
   async findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]> {
@@ -231,12 +237,12 @@ export class PostgresTx implements StoreTx {
   }
 
   async children(parentId: string): Promise<OutcomeRow[]> {
-    return this.rows(this.ctx.q.children, [parentId]);
+    return this.rows(this.ctx.q.children, [parentId], true);
   }
 
   async outcomes(ids: string[]): Promise<OutcomeRow[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.outcomes, [ids]);
+    return this.rows(this.ctx.q.outcomes, [ids], ids.length === 1);
   }
 
   async claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]> {
@@ -255,16 +261,21 @@ export class PostgresTx implements StoreTx {
   }
 
   async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[] | null> {
-    const rows = await this.rows<ClaimRow & { _limited: boolean }>(this.ctx.q.claimReady, [
-      q.namespace,
-      q.types,
-      q.now,
-      q.limit,
-      q.leaseMs,
-      q.graceMs,
-      JSON.stringify(q.typeTimeouts),
-      q.workerId,
-    ]);
+    // Prepared: its plan (each type's best due tasks, by the claim index) is the same for any limit.
+    const rows = await this.rows<ClaimRow & { _limited: boolean }>(
+      this.ctx.q.claimReady,
+      [
+        q.namespace,
+        q.types,
+        q.now,
+        q.limit,
+        q.leaseMs,
+        q.graceMs,
+        JSON.stringify(q.typeTimeouts),
+        q.workerId,
+      ],
+      true,
+    );
     if (rows[0]?._limited) return null;
     const claimed: ClaimRow[] = [];
     for (const r of rows) {
@@ -304,12 +315,11 @@ export class PostgresTx implements StoreTx {
     now: number,
   ): Promise<CompletedRow[]> {
     if (!items.length) return [];
-    return this.rows(this.ctx.q.completeRunning, [
-      items.map((i) => i.id),
-      items.map((i) => i.token),
-      items.map((i) => i.result),
-      now,
-    ]);
+    return this.rows(
+      this.ctx.q.completeRunning,
+      [items.map((i) => i.id), items.map((i) => i.token), items.map((i) => i.result), now],
+      items.length === 1,
+    );
   }
 
   async expiredLeases(now: number, limit: number): Promise<TaskCore[]> {
@@ -344,7 +354,11 @@ export class PostgresTx implements StoreTx {
 
   async dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]> {
     if (!tasks.length) return [];
-    return this.rows(this.ctx.q.dependents, [tasks.map((t) => t.job_id), tasks.map((t) => t.id)]);
+    return this.rows(
+      this.ctx.q.dependents,
+      [tasks.map((t) => t.job_id), tasks.map((t) => t.id)],
+      tasks.length === 1,
+    );
   }
 
   async insertAttempts(rows: AttemptRow[]): Promise<void> {
