@@ -80,6 +80,35 @@ export class EngineState {
 export async function getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskCore> {
   tx.assertNotHeldByCaller?.(ref.id); // a ctx call while the handler's own transaction holds the task
   const [row] = await tx.getTasks([ref.id]);
+  return heldBy(row, ref);
+}
+
+/**
+ * getRunning, and in the same round trip (StoreTx.together) another read about the task that
+ * does not need its row (wasted if the attempt no longer holds it).
+ */
+export async function getRunningWith<T>(
+  tx: StoreTx,
+  ref: AttemptRef,
+  read: () => Promise<T>,
+): Promise<[TaskCore, T]> {
+  tx.assertNotHeldByCaller?.(ref.id);
+  const [rows, other] = await together<[TaskCore[], T]>(tx, [() => tx.getTasks([ref.id]), read]);
+  return [heldBy(rows[0], ref), other];
+}
+
+/** Operations of `tx` as if awaited one after the other; in one round trip where the store can. */
+export async function together<T extends unknown[]>(
+  tx: StoreTx,
+  ops: { [K in keyof T]: () => Promise<T[K]> },
+): Promise<T> {
+  if (tx.together) return tx.together<T>(ops);
+  const out: unknown[] = [];
+  for (const op of ops) out.push(await op());
+  return out as T;
+}
+
+function heldBy(row: TaskCore | undefined, ref: AttemptRef): TaskCore {
   if (!row) throw new NotFoundError(`task ${ref.id} not found`);
   if (row.state !== 'running' || row.run_token !== ref.token)
     throw new StaleAttemptError(

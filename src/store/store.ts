@@ -232,6 +232,12 @@ export interface StoreTx {
    */
   assertNotHeldByCaller?(taskId: string): void;
   /**
+   * Runs these operations of this transaction (each one statement, none needing another's
+   * answer) as if awaited one after the other, in one round trip where the store can.
+   * Optional: see `together` in src/engine/state.ts, which falls back to one at a time.
+   */
+  together?<T extends unknown[]>(ops: { [K in keyof T]: () => Promise<T[K]> }): Promise<T>;
+  /**
    * Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock).
    * `skipLocked`: leaves out, without waiting, rows another transaction holds.
    */

@@ -60,6 +60,11 @@ export class PostgresTx implements StoreTx {
    */
   private readonly pending: string[] = [];
 
+  /** While `together` gathers its statements: each, to be sent with the others. */
+  private gathering:
+    | Array<{ sql: string; done: (r: pg.QueryResult) => void; fail: (e: unknown) => void }>
+    | undefined;
+
   /** Ids of the task rows this transaction locked (for a caller's transaction: see PostgresStore). */
   readonly locked = new Set<string>();
 
@@ -99,6 +104,11 @@ export class PostgresTx implements StoreTx {
    * a named prepared statement of the connection: planned once, not on every call.
    */
   private async query(text: string, values: unknown[], prepared = false): Promise<pg.QueryResult> {
+    const gathering = this.gathering;
+    if (gathering)
+      return new Promise((done, fail) =>
+        gathering.push({ sql: inline(this.client, text, values), done, fail }),
+      );
     if (this.pending.length) {
       this.pending.push(inline(this.client, text, values));
       const out = await this.simple(this.pending.splice(0).join(';\n'));
@@ -115,6 +125,33 @@ export class PostgresTx implements StoreTx {
       return this.client.query({ name, text, values });
     }
     return types ? this.client.query({ text, values, types }) : this.client.query(text, values);
+  }
+
+  /**
+   * The operations, each one statement, in one round trip (with the pending writes): a simple
+   * query of their statements, values inlined, which Postgres runs one after the other, each
+   * with its own snapshot, as if they had been awaited in turn. None may need another's answer.
+   */
+  async together<T extends unknown[]>(ops: { [K in keyof T]: () => Promise<T[K]> }): Promise<T> {
+    const gathered: NonNullable<typeof this.gathering> = [];
+    this.gathering = gathered;
+    let results: Array<Promise<unknown>>;
+    try {
+      results = ops.map((op) => op());
+    } finally {
+      this.gathering = undefined;
+    }
+    if (gathered.length) {
+      try {
+        const out = await this.simple([...this.pending.splice(0), ...gathered.map((g) => g.sql)].join(';\n'));
+        const list = Array.isArray(out) ? out : [out];
+        const first = list.length - gathered.length;
+        for (const [i, g] of gathered.entries()) g.done(list[first + i]!);
+      } catch (e) {
+        for (const g of gathered) g.fail(e);
+      }
+    }
+    return (await Promise.all(results)) as T;
   }
 
   /** A simple query (no parameters; several statements allowed): one result, or one per statement. */
