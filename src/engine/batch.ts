@@ -18,9 +18,14 @@ export class Batch {
   /** Tasks that were running when they were cancelled: their local handlers are aborted. */
   readonly cancelledRunning: string[] = [];
   constructor(
-    readonly now: number,
+    /** The transaction's time, read when first needed (see Store.transaction's clockLater). */
+    private readonly clock: () => number,
     readonly wantEvents: boolean,
   ) {}
+
+  get now(): number {
+    return this.clock();
+  }
 
   taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState): void {
     if (this.wantEvents)

@@ -93,7 +93,7 @@ export async function spawn(
     specs.map((s) => s.options?.transaction),
     'children',
   );
-  return engine.run(async (tx, b) => {
+  return engine.runReadingFirst(async (tx, b) => {
     const [parent, children] = await getRunningWith(tx, parentRef, () =>
       tx.findChildrenByKey(parentRef.id, keys),
     );

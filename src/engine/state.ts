@@ -35,10 +35,22 @@ export class EngineState {
    * never; other processes and this one's workers learn of new work from the store's
    * notifications, which PostgreSQL delivers on commit only.
    */
-  async run<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>, external?: unknown): Promise<T> {
+  /**
+   * `run`, for an operation that reads (the attempt's row) before it needs the transaction's
+   * time: the store may begin the transaction with that read (see Store.transaction).
+   */
+  runReadingFirst<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>, external?: unknown): Promise<T> {
+    return this.run(fn, external, { clockLater: true });
+  }
+
+  async run<T>(
+    fn: (tx: StoreTx, b: Batch) => Promise<T>,
+    external?: unknown,
+    opts?: { clockLater?: boolean },
+  ): Promise<T> {
     let batch!: Batch;
     const body = async (tx: StoreTx) => {
-      batch = new Batch(tx.now(), this.listeners.size > 0);
+      batch = new Batch(() => tx.now(), this.listeners.size > 0);
       const r = await fn(tx, batch);
       for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
       // Other processes' workers learn of new work from the store, on commit only.
@@ -53,7 +65,7 @@ export class EngineState {
         );
       return this.store.transactionWith(external, body);
     }
-    const out = await this.store.transaction(body);
+    const out = await this.store.transaction(body, opts);
     // The transaction has committed: a listener's error must not turn it into a failure.
     const call = <T>(listeners: Set<(x: T) => void>, x: T) => {
       for (const l of listeners) {

@@ -15,7 +15,7 @@ import { isSettled } from './types.js';
  * frees its worker and slot, and is re-queued when the last awaited child settles.
  */
 export async function wait(engine: EngineState, ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
-  return engine.run(async (tx, b) => {
+  return engine.runReadingFirst(async (tx, b) => {
     const ids = spec.all ? [] : [...new Set(spec.ids)];
     // A big set is read with one range scan over the children rather than a lookup per id.
     const scan = spec.all || ids.length > 64;
@@ -73,7 +73,7 @@ export async function wait(engine: EngineState, ref: AttemptRef, spec: WaitSpec)
 
 export async function progress(engine: EngineState, ref: AttemptRef, value: unknown): Promise<void> {
   const json = toJson(value, 'progress');
-  await engine.run(async (tx, b) => {
+  await engine.runReadingFirst(async (tx, b) => {
     const row = await getRunning(tx, ref);
     await tx.updateTasks([{ id: row.id, progress: json }]);
     if (b.wantEvents)
@@ -110,7 +110,7 @@ export async function putStep(
   value: unknown,
 ): Promise<void> {
   const json = value === undefined ? '[]' : `[${toJson(value, `step ${name}`)}]`;
-  await engine.run(async (tx) => {
+  await engine.runReadingFirst(async (tx) => {
     const row = await getRunning(tx, ref);
     await tx.putStep(row.job_id, row.id, name, json);
   });

@@ -345,7 +345,11 @@ export interface Store {
   migrate(): Promise<string[]>;
   /** The migrations this version of dynatask has that the database has not applied. */
   pendingMigrations(): Promise<string[]>;
-  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /**
+   * `clockLater`: the operation reads no time (StoreTx.now) before its first statement, so a
+   * store may begin the transaction with that statement (PostgreSQL: one round trip fewer).
+   */
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>, opts?: { clockLater?: boolean }): Promise<T>;
   /**
    * Runs `fn` inside a transaction the caller began on a connection of their own (`client`),
    * without committing it: the caller commits or rolls back. Optional: only stores that

@@ -219,12 +219,12 @@ export class PostgresStore implements Store {
     });
   }
 
-  async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: StoreTx) => Promise<T>, opts?: { clockLater?: boolean }): Promise<T> {
     let lockTimeoutMs = LOCK_TIMEOUT_FIRST_MS;
     let giveUpAt: number | undefined;
     for (;;) {
       try {
-        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs));
+        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs, opts?.clockLater));
       } catch (e) {
         if ((e as { code?: string }).code !== LOCK_NOT_AVAILABLE || this.closing) throw e;
         giveUpAt ??= Date.now() + LOCK_WAIT_FOR_MS;
@@ -291,7 +291,14 @@ export class PostgresStore implements Store {
     });
   }
 
-  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>, lockTimeoutMs: number): Promise<T> {
+  private async runTransaction<T>(
+    fn: (tx: StoreTx) => Promise<T>,
+    lockTimeoutMs: number,
+    clockLater = false,
+  ): Promise<T> {
+    // One round trip: BEGIN, the lock wait allowed, and the database's time; with the first
+    // statement when the operation needs no time before it.
+    const begin = `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`;
     let reconnectMs = RECONNECT_FIRST_MS;
     let reconnectUntil: number | undefined;
     for (let attempt = 1; ; attempt++) {
@@ -299,12 +306,17 @@ export class PostgresStore implements Store {
       try {
         return await this.withClient(
           (client, now) => {
-            tx = new PostgresTx(client, this.ctx, now!, { holding: (id) => this.callerHolding(id) });
+            tx = new PostgresTx(
+              client,
+              this.ctx,
+              now,
+              { holding: (id) => this.callerHolding(id) },
+              clockLater ? begin : undefined,
+            );
             return fn(tx);
           },
           () => tx!.commitSql(),
-          // One round trip: BEGIN, the lock wait allowed, and the database's time.
-          `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`,
+          clockLater ? '' : begin,
         );
       } catch (e) {
         // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
@@ -345,7 +357,7 @@ export class PostgresStore implements Store {
       client.on('error', onError);
       let committing = false;
       try {
-        const began = (await client.query(begin)) as pg.QueryResult | pg.QueryResult[];
+        const began = begin ? ((await client.query(begin)) as pg.QueryResult | pg.QueryResult[]) : undefined;
         const last = Array.isArray(began) ? began[began.length - 1] : began;
         const out = await fn(client, (last?.rows[0] as { now?: number } | undefined)?.now);
         // Broken already (its 'error' came in): COMMIT cannot reach the server, so the

@@ -71,15 +71,22 @@ export class PostgresTx implements StoreTx {
   constructor(
     private readonly client: pg.ClientBase,
     private readonly ctx: TxContext,
-    /** The database's time when the transaction began. */
-    private readonly at: number,
+    /** The database's time when the transaction began; undefined until `begin` has gone out. */
+    private at: number | undefined,
     private readonly callers: {
       /** The caller's client this transaction runs on, if any. */
       holder?: pg.ClientBase;
       /** The open caller's transaction of this process holding a task's row, if any. */
       holding(taskId: string): pg.ClientBase | undefined;
     },
-  ) {}
+    /**
+     * BEGIN, not sent yet: it goes out with the first statement (one round trip fewer), and
+     * ends with the database's time (its third result), which `now` returns from then on.
+     */
+    begin?: string,
+  ) {
+    if (begin !== undefined) this.pending.push(begin);
+  }
 
   /**
    * Refuses a call about a task whose row an open transaction of the caller holds, unless
@@ -109,11 +116,7 @@ export class PostgresTx implements StoreTx {
       return new Promise((done, fail) =>
         gathering.push({ sql: inline(this.client, text, values), done, fail }),
       );
-    if (this.pending.length) {
-      this.pending.push(inline(this.client, text, values));
-      const out = await this.simple(this.pending.splice(0).join(';\n'));
-      return Array.isArray(out) ? out[out.length - 1]! : out;
-    }
+    if (this.pending.length) return (await this.send([inline(this.client, text, values)]))[0]!;
     const types = this.ctx.types;
     // Not on a caller's connection: its prepared statements are the caller's business.
     if (prepared && !types) {
@@ -143,15 +146,25 @@ export class PostgresTx implements StoreTx {
     }
     if (gathered.length) {
       try {
-        const out = await this.simple([...this.pending.splice(0), ...gathered.map((g) => g.sql)].join(';\n'));
-        const list = Array.isArray(out) ? out : [out];
-        const first = list.length - gathered.length;
-        for (const [i, g] of gathered.entries()) g.done(list[first + i]!);
+        const out = await this.send(gathered.map((g) => g.sql));
+        for (const [i, g] of gathered.entries()) g.done(out[i]!);
       } catch (e) {
         for (const g of gathered) g.fail(e);
       }
     }
     return (await Promise.all(results)) as T;
+  }
+
+  /**
+   * The pending writes (and BEGIN, if not sent yet), then these statements, in one simple
+   * query; returns the results of these statements.
+   */
+  private async send(statements: string[]): Promise<pg.QueryResult[]> {
+    const beginning = this.at === undefined;
+    const out = await this.simple([...this.pending.splice(0), ...statements].join(';\n'));
+    const list = Array.isArray(out) ? out : [out];
+    if (beginning) this.at = (list[2]!.rows[0] as { now: number }).now;
+    return list.slice(list.length - statements.length);
   }
 
   /** A simple query (no parameters; several statements allowed): one result, or one per statement. */
@@ -169,6 +182,8 @@ export class PostgresTx implements StoreTx {
 
   /** The database's clock, not this machine's: processes on machines whose clocks differ agree on leases and run times. */
   now(): number {
+    if (this.at === undefined)
+      throw new Error('dynatask: the transaction has not read the clock yet (its first statement reads it)');
     return this.at;
   }
 
@@ -472,7 +487,7 @@ export class PostgresTx implements StoreTx {
     const channel = this.client.escapeLiteral(this.ctx.channel);
     return [
       ...this.pending.splice(0),
-      ...this.notices.map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
+      ...this.notices.splice(0).map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
     ];
   }
 
