@@ -17,7 +17,7 @@ export class EngineState {
   readonly jobListeners = new Set<(jobs: Array<{ jobId: string; state: JobState }>) => void>();
   /** This process's copy of the type settings, keyed namespace NUL type (see claimIn). */
   readonly typeConfigs = new Map<string, TypeConfigRow>();
-  /** Namespaces seen with concurrency limits, until when (see claimIn). */
+  /** Namespaces seen with concurrency limits, until when on this process's clock (see claimIn). */
   readonly limitedUntil = new Map<string, number>();
   /** Where errors thrown by event listeners go; they never fail the operation that emitted. */
   onListenerError: (e: unknown) => void = (e) => console.error('dynatask: an event listener threw:', e);
@@ -30,12 +30,6 @@ export class EngineState {
   }
 
   /**
-   * Runs `fn` in one store transaction, then tells listeners what it did. In the caller's own
-   * transaction (`external`), nothing is told in-process: it has not committed yet, and may
-   * never; other processes and this one's workers learn of new work from the store's
-   * notifications, which PostgreSQL delivers on commit only.
-   */
-  /**
    * `run`, for an operation that reads (the attempt's row) before it needs the transaction's
    * time: the store may begin the transaction with that read (see Store.transaction).
    */
@@ -43,6 +37,12 @@ export class EngineState {
     return this.run(fn, external, { clockLater: true });
   }
 
+  /**
+   * Runs `fn` in one store transaction, then tells listeners what it did. In the caller's own
+   * transaction (`external`), nothing is told in-process: it has not committed yet, and may
+   * never; other processes and this one's workers learn of new work from the store's
+   * notifications, which PostgreSQL delivers on commit only.
+   */
   async run<T>(
     fn: (tx: StoreTx, b: Batch) => Promise<T>,
     external?: unknown,
@@ -66,6 +66,12 @@ export class EngineState {
       return this.store.transactionWith(external, body);
     }
     const out = await this.store.transaction(body, opts);
+    this.tell(batch);
+    return out;
+  }
+
+  /** Tells the listeners what a committed operation did. */
+  tell(batch: Batch): void {
     // The transaction has committed: a listener's error must not turn it into a failure.
     const call = <T>(listeners: Set<(x: T) => void>, x: T) => {
       for (const l of listeners) {
@@ -80,7 +86,6 @@ export class EngineState {
     if (batch.readyTypes.size > 0) call(this.readyListeners, batch.readyTypes);
     if (batch.cancelledRunning.length > 0) call(this.cancelListeners, batch.cancelledRunning);
     if (batch.jobsSettled.length > 0) call(this.jobListeners, batch.jobsSettled);
-    return out;
   }
 
   typeConfig(namespace: string, type: string): TypeConfigRow | undefined {

@@ -364,6 +364,12 @@ export interface Store {
   /** A job's tasks in creation order, `limit` at a time. */
   taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage>;
   typeConfigs(namespace: string): Promise<TypeConfigRow[]>;
+  /**
+   * StoreTx.claimReady on its own, as one operation that commits as it returns (one round
+   * trip on PostgreSQL), on the store's clock: returns the time it used with the rows, or
+   * null when the namespace has limits. Optional.
+   */
+  claimReady?(q: Omit<ClaimReadyQuery, 'now'>): Promise<{ now: number; rows: ClaimRow[] } | null>;
   /** Earliest run_at among queued tasks of these types, or null. */
   nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** A memoised step's stored value (JSON), if any. */

@@ -29,6 +29,8 @@ import type { TaskState } from '../../core/states.js';
 import { Mutex } from '../mutex.js';
 import type {
   AttemptRow,
+  ClaimReadyQuery,
+  ClaimRow,
   JobRow,
   ListJobsQuery,
   ReadyNotice,
@@ -40,7 +42,7 @@ import type {
 } from '../store.js';
 import { DB_NOW_MS, listJobsSql, queries } from './queries.js';
 import { ReadyListener, readyChannel } from './ready.js';
-import { callerHoldsError, PostgresTx, type TxContext } from './tx.js';
+import { type ClaimedRow, callerHoldsError, claimedRows, PostgresTx, type TxContext } from './tx.js';
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
@@ -455,6 +457,32 @@ export class PostgresStore implements Store {
     ).rows;
     // On this process's clock: the worker sleeps until then.
     return r?.t == null ? null : r.t - r.now + Date.now();
+  }
+
+  /**
+   * The one-statement claim on its own: it commits as it returns, and takes the database's
+   * time when it runs. One round trip, in the store's order of transactions.
+   */
+  claimReady(q: Omit<ClaimReadyQuery, 'now'>): Promise<{ now: number; rows: ClaimRow[] } | null> {
+    return this.mutex.run(() =>
+      this.tracked('transaction', async () => {
+        const { rows } = await this.pool.query<ClaimedRow>({
+          name: 'dynatask_claim_ready',
+          text: this.ctx.q.claimReady,
+          values: [
+            q.namespace,
+            q.types,
+            null,
+            q.limit,
+            q.leaseMs,
+            q.graceMs,
+            JSON.stringify(q.typeTimeouts),
+            q.workerId,
+          ],
+        });
+        return claimedRows(rows);
+      }),
+    );
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<string | undefined> {

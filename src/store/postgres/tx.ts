@@ -314,7 +314,7 @@ export class PostgresTx implements StoreTx {
 
   async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[] | null> {
     // Prepared: its plan (each type's best due tasks, by the claim index) is the same for any limit.
-    const rows = await this.rows<ClaimRow & { _limited: boolean }>(
+    const rows = await this.rows<ClaimedRow>(
       this.ctx.q.claimReady,
       [
         q.namespace,
@@ -328,14 +328,7 @@ export class PostgresTx implements StoreTx {
       ],
       true,
     );
-    if (rows[0]?._limited) return null;
-    const claimed: ClaimRow[] = [];
-    for (const r of rows) {
-      if (r.id === null) continue; // the row of NULLs: nothing claimed
-      const { _limited, ...row } = r;
-      claimed.push(row);
-    }
-    return claimed;
+    return claimedRows(rows)?.rows ?? null;
   }
 
   /**
@@ -531,6 +524,21 @@ function literal(client: pg.ClientBase, v: unknown): string {
   }
   if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`not a finite number: ${v}`);
   return client.escapeLiteral(String(v));
+}
+
+/** A row of the one-statement claim (queries.ts, claimReady). */
+export type ClaimedRow = ClaimRow & { _limited: boolean; _now: number };
+
+/** The rows claimed, with the time the claim used; null when the namespace has limits. */
+export function claimedRows(rows: ClaimedRow[]): { now: number; rows: ClaimRow[] } | null {
+  if (rows[0]?._limited) return null;
+  const claimed: ClaimRow[] = [];
+  for (const r of rows) {
+    if (r.id === null) continue; // the row of NULLs: nothing claimed
+    const { _limited, _now, ...row } = r;
+    claimed.push(row);
+  }
+  return { now: rows[0]!._now, rows: claimed };
 }
 
 /** The refusal of a call that would wait for a caller's own open transaction. */
