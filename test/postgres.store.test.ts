@@ -260,6 +260,7 @@ describe('postgres store: races between processes', () => {
       store.transaction(async (tx) => {
         runs++;
         await tx.updateTasks([{ id: mine.id, priority: 1 }]);
+        await tx.outcomes([mine.id]); // a write goes out with the next statement: lock the row now
         bothLocked[me].resolve();
         await bothLocked[other].promise;
         await tx.updateTasks([{ id: theirs.id, attempt: 1 }]);

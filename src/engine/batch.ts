@@ -17,10 +17,18 @@ export class Batch {
   readonly terminated = new Set<string>();
   /** Tasks that were running when they were cancelled: their local handlers are aborted. */
   readonly cancelledRunning: string[] = [];
+  private at: number | undefined;
   constructor(
-    readonly now: number,
+    /** The transaction's time, read when first needed (see Store.transaction's clockLater). */
+    private readonly clock: () => number,
     readonly wantEvents: boolean,
   ) {}
+
+  /** Read once: every write and event of the transaction carries the same time. */
+  get now(): number {
+    this.at ??= this.clock();
+    return this.at;
+  }
 
   taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState): void {
     if (this.wantEvents)

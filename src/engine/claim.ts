@@ -2,8 +2,8 @@
  * Claiming: `queued` → `running` for the best ready tasks a worker serves, within the
  * concurrency limits of types and keys, with a lease and a new attempt token.
  */
-import type { StoreTx } from '../store/store.js';
-import { type Batch, SLOT_KEY, SLOT_TYPE, typeSlot } from './batch.js';
+import type { ClaimRow, StoreTx } from '../store/store.js';
+import { Batch, SLOT_KEY, SLOT_TYPE, typeSlot } from './batch.js';
 import { type ClaimedTask, DEFAULTS } from './defs.js';
 import type { EngineState } from './state.js';
 
@@ -20,7 +20,44 @@ export async function claim(
   workerId: string | null = null,
 ): Promise<ClaimedTask[]> {
   if (limit <= 0 || types.length === 0) return [];
+  const { store } = engine;
+  if (store.claimReady && !((engine.limitedUntil.get(namespace) ?? 0) > Date.now())) {
+    // One round trip where the store can: the one-statement claim, on its own.
+    const claimed = await store.claimReady({
+      namespace,
+      types,
+      limit,
+      leaseMs,
+      graceMs: DEFAULTS.timeoutGraceMs,
+      typeTimeouts: typeTimeouts(engine, namespace, types),
+      workerId,
+    });
+    if (claimed) {
+      const b = new Batch(() => claimed.now, engine.listeners.size > 0);
+      const out = claimedTasks(b, claimed.rows);
+      engine.tell(b);
+      return out;
+    }
+    engine.limitedUntil.set(namespace, Date.now() + 5000); // the general path, for a while
+  }
   return engine.run((tx, b) => claimIn(engine, tx, b, namespace, types, limit, leaseMs, workerId));
+}
+
+/** Default timeouts of these types, from this process's copy of their settings. */
+function typeTimeouts(engine: EngineState, namespace: string, types: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const type of types) {
+    const t = engine.typeConfig(namespace, type)?.timeout_ms;
+    if (t != null) out[type] = t;
+  }
+  return out;
+}
+
+/** Claimed rows, best first, as the worker takes them; their events. */
+function claimedTasks(b: Batch, rows: ClaimRow[]): ClaimedTask[] {
+  rows.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
+  for (const row of rows) b.taskEvent(row, 'running');
+  return rows.map((row) => ({ row, token: row.run_token }));
 }
 
 /** Earliest time a queued task of these types becomes due (for the worker's timer). */
@@ -43,13 +80,10 @@ export async function claimIn(
   workerId: string | null,
 ): Promise<ClaimedTask[]> {
   if (limit <= 0 || types.length === 0) return [];
-  const typeTimeouts: Record<string, number> = {};
-  for (const type of types) {
-    const t = engine.typeConfig(namespace, type)?.timeout_ms;
-    if (t != null) typeTimeouts[type] = t;
-  }
-  if (tx.claimReady && !((engine.limitedUntil.get(namespace) ?? 0) > b.now)) {
-    // One statement when the namespace has no concurrency limits; else the general path.
+  const timeouts = typeTimeouts(engine, namespace, types);
+  if (tx.claimReady && !((engine.limitedUntil.get(namespace) ?? 0) > Date.now())) {
+    // One statement when the namespace has no concurrency limits (null: it has, take the
+    // general path); nothing claimed then means nothing is due.
     const rows = await tx.claimReady({
       namespace,
       types,
@@ -57,21 +91,17 @@ export async function claimIn(
       limit,
       leaseMs,
       graceMs: DEFAULTS.timeoutGraceMs,
-      typeTimeouts,
+      typeTimeouts: timeouts,
       workerId,
     });
-    if (rows.length) {
-      rows.sort((x, y) => y.priority - x.priority || x.run_at - y.run_at || (x.id < y.id ? -1 : 1));
-      for (const row of rows) b.taskEvent(row, 'running');
-      return rows.map((row) => ({ row, token: row.run_token }));
-    }
+    if (rows) return claimedTasks(b, rows);
   }
   // Only the slots this claim may take: its types' limits, locked now, and below the slots
   // of its candidates' keys; of the other keys, only the full ones (their tasks are passed over).
   const typeSlots = await tx.getSlots(namespace, types.map(typeSlot));
   const { any: withKeys, full: fullKeys } = await tx.fullKeySlots(namespace);
   // A namespace with limits skips the one-statement claim for a while: it would claim nothing.
-  if (tx.claimReady && (typeSlots.length || withKeys)) engine.limitedUntil.set(namespace, b.now + 5000);
+  if (tx.claimReady && (typeSlots.length || withKeys)) engine.limitedUntil.set(namespace, Date.now() + 5000);
   const free = new Map<string, number>();
   for (const s of typeSlots) free.set(s.key, s.max - s.running);
   let candidates: Awaited<ReturnType<StoreTx['claimCandidates']>> = [];
@@ -131,7 +161,7 @@ export async function claimIn(
     now: b.now,
     leaseMs,
     graceMs: DEFAULTS.timeoutGraceMs,
-    typeTimeouts,
+    typeTimeouts: timeouts,
     slotsHeld,
     workerId,
   });

@@ -69,7 +69,7 @@ export async function fail(
   engine: EngineState,
   items: Array<AttemptRef & { error: TaskError }>,
 ): Promise<boolean[]> {
-  return engine.run((tx, b) => failIn(tx, b, items));
+  return engine.runReadingFirst((tx, b) => failIn(tx, b, items));
 }
 
 /**
@@ -79,7 +79,7 @@ export async function fail(
  */
 export async function release(engine: EngineState, items: AttemptRef[]): Promise<boolean[]> {
   if (!items.length) return [];
-  return engine.run(async (tx, b) => {
+  return engine.runReadingFirst(async (tx, b) => {
     const held = await heldRows(tx, items);
     const patches: TaskPatch[] = [];
     for (const row of held.values()) {
@@ -106,7 +106,7 @@ export async function heartbeat(
   items: AttemptRef[],
   leaseMs = engine.leaseMs,
 ): Promise<Array<'ok' | 'cancelled' | 'lost'>> {
-  return engine.run(async (tx, b) => {
+  return engine.runReadingFirst(async (tx, b) => {
     // A row another transaction holds is passed over, not waited for: a heartbeat of many
     // tasks must not wait for a caller's transaction holding one (options.transaction).
     const ids = items.map((i) => i.id);

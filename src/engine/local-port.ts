@@ -41,6 +41,10 @@ function portTask(row: ClaimRow, token: number): PortTask {
 
 export class LocalPort implements DynataskPort {
   readonly longPoll = false;
+  /** Other processes' wake-ups reach this one's workers only where the store carries them. */
+  get hearsAllReady(): boolean {
+    return this.store.onReady !== undefined;
+  }
   private readonly workerId = `${hostname()}:${process.pid}:${newId()}`;
   private readonly jobWaiters = new Map<string, Set<() => void>>();
   private jobUnsub: (() => void) | undefined;

@@ -92,6 +92,12 @@ export interface WorkerPort {
   nextRunAt?(namespace: string, types: string[]): Promise<number | null>;
   /** Calls `listener` when work of these types may have become ready (in-process only). */
   onReady?(namespace: string, types: string[], listener: () => void): () => void;
+  /**
+   * True when `onReady` hears every task made ready, by this process or another (PostgreSQL):
+   * a worker whose claim came back short then knows no claim can find more until a wake-up
+   * or the next due time, and skips both.
+   */
+  readonly hearsAllReady?: boolean;
   /** Calls `listener` with running tasks just cancelled, so local handlers abort at once. */
   onCancelled?(listener: (taskIds: string[]) => void): () => void;
   /**

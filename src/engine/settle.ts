@@ -3,9 +3,10 @@
  * parent (counters, resume, settle), to tasks that depend on it (release or skip), and to
  * its job. Also `terminate`, which ends a task at once and cancels everything below it.
  */
-import type { SettleRow, StoreTx, TaskCore, TaskPatch } from '../store/store.js';
+import type { DepRow, SettleRow, StoreTx, TaskCore, TaskPatch } from '../store/store.js';
 import { type Batch, releaseSlots } from './batch.js';
 import { type DepInfo, dependencyError, errorJson, parseJson } from './rows.js';
+import { together } from './state.js';
 import { isSettled, type JobState, type TaskError } from './types.js';
 
 export interface Settling {
@@ -120,8 +121,13 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
       if (row.awaited) d.awaited++;
       if (row.state === 'failed' && !row.ignore_failure && !row.observed) d.failures++;
     }
+    // The dependents' edges are read with the parents (one round trip where the store can).
+    const settled = wave.map((s) => s.row);
+    const [parents, edges] = await together<[TaskCore[], DepRow[]]>(tx, [
+      () => (perParent.size ? tx.getTasks([...perParent.keys()]) : Promise.resolve([])),
+      () => tx.dependents(settled),
+    ]);
     if (perParent.size) {
-      const parents = await tx.getTasks([...perParent.keys()]);
       const parentPatches: TaskPatch[] = [];
       for (const p of parents) {
         if (isSettled(p.state)) continue; // settled by a cancellation in this transaction
@@ -154,13 +160,7 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
       await tx.updateTasks(parentPatches);
     }
 
-    next.push(
-      ...(await releaseDependents(
-        tx,
-        b,
-        wave.map((s) => s.row),
-      )),
-    );
+    next.push(...(await releaseDependents(tx, b, settled, edges)));
     wave = next;
   }
 }
@@ -169,10 +169,16 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
  * Dependents of settled tasks: released when their last dependency succeeds, else skipped.
  * One lookup for the whole wave, whatever the number of jobs in it.
  */
-export async function releaseDependents(tx: StoreTx, b: Batch, settled: DepInfo[]): Promise<Settling[]> {
+export async function releaseDependents(
+  tx: StoreTx,
+  b: Batch,
+  settled: DepInfo[],
+  /** Their dependents' edges, if already read. */
+  read?: DepRow[],
+): Promise<Settling[]> {
   const skipped: Settling[] = [];
   if (!settled.length) return skipped;
-  const edges = await tx.dependents(settled);
+  const edges = read ?? (await tx.dependents(settled));
   if (!edges.length) return skipped;
   const byId = new Map(settled.map((r) => [r.id, r]));
   const dependents = new Map(

@@ -9,7 +9,7 @@ import { StaleAttemptError, ValidationError } from './errors.js';
 import { newId } from './ids.js';
 import { type DepInfo, dependencyError, newTaskRow, validateOptions, validateType } from './rows.js';
 import { settle } from './settle.js';
-import { type EngineState, getRunning, sharedTransaction } from './state.js';
+import { type EngineState, getRunningWith, sharedTransaction, together } from './state.js';
 import { isSettled, type SubmitOptions, type TaskError, type TaskHandle } from './types.js';
 
 /**
@@ -64,8 +64,12 @@ export async function submit(
       b.taskEvent(row, 'queued');
       b.ready(row);
     }
-    await tx.insertJobs(jobs);
-    await tx.insertTasks(tasks);
+    // A few jobs: both inserts in one round trip (their values inlined); a bulk submit binds them.
+    if (jobs.length <= 8) await together(tx, [() => tx.insertJobs(jobs), () => tx.insertTasks(tasks)]);
+    else {
+      await tx.insertJobs(jobs);
+      await tx.insertTasks(tasks);
+    }
     return out;
   }, external);
 }
@@ -89,10 +93,12 @@ export async function spawn(
     specs.map((s) => s.options?.transaction),
     'children',
   );
-  return engine.run(async (tx, b) => {
-    const parent = await getRunning(tx, parentRef);
+  return engine.runReadingFirst(async (tx, b) => {
+    const [parent, children] = await getRunningWith(tx, parentRef, () =>
+      tx.findChildrenByKey(parentRef.id, keys),
+    );
     const handles: TaskHandle[] = new Array(specs.length);
-    const existing = new Map((await tx.findChildrenByKey(parent.id, keys)).map((r) => [r.spawn_key!, r]));
+    const existing = new Map(children.map((r) => [r.spawn_key!, r]));
     const dedupKeys = specs.flatMap((s) => (s.options?.dedupKey !== undefined ? [s.options.dedupKey] : []));
     const dedup = new Map(
       dedupKeys.length

@@ -17,7 +17,7 @@ export class EngineState {
   readonly jobListeners = new Set<(jobs: Array<{ jobId: string; state: JobState }>) => void>();
   /** This process's copy of the type settings, keyed namespace NUL type (see claimIn). */
   readonly typeConfigs = new Map<string, TypeConfigRow>();
-  /** Namespaces seen with concurrency limits, until when (see claimIn). */
+  /** Namespaces seen with concurrency limits, until when on this process's clock (see claimIn). */
   readonly limitedUntil = new Map<string, number>();
   /** Where errors thrown by event listeners go; they never fail the operation that emitted. */
   onListenerError: (e: unknown) => void = (e) => console.error('dynatask: an event listener threw:', e);
@@ -30,15 +30,27 @@ export class EngineState {
   }
 
   /**
+   * `run`, for an operation that reads (the attempt's row) before it needs the transaction's
+   * time: the store may begin the transaction with that read (see Store.transaction).
+   */
+  runReadingFirst<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>, external?: unknown): Promise<T> {
+    return this.run(fn, external, { clockLater: true });
+  }
+
+  /**
    * Runs `fn` in one store transaction, then tells listeners what it did. In the caller's own
    * transaction (`external`), nothing is told in-process: it has not committed yet, and may
    * never; other processes and this one's workers learn of new work from the store's
    * notifications, which PostgreSQL delivers on commit only.
    */
-  async run<T>(fn: (tx: StoreTx, b: Batch) => Promise<T>, external?: unknown): Promise<T> {
+  async run<T>(
+    fn: (tx: StoreTx, b: Batch) => Promise<T>,
+    external?: unknown,
+    opts?: { clockLater?: boolean },
+  ): Promise<T> {
     let batch!: Batch;
     const body = async (tx: StoreTx) => {
-      batch = new Batch(tx.now(), this.listeners.size > 0);
+      batch = new Batch(() => tx.now(), this.listeners.size > 0);
       const r = await fn(tx, batch);
       for (const [ns, deltas] of batch.slotDeltas) await tx.adjustSlots(ns, deltas);
       // Other processes' workers learn of new work from the store, on commit only.
@@ -53,7 +65,13 @@ export class EngineState {
         );
       return this.store.transactionWith(external, body);
     }
-    const out = await this.store.transaction(body);
+    const out = await this.store.transaction(body, opts);
+    this.tell(batch);
+    return out;
+  }
+
+  /** Tells the listeners what a committed operation did. */
+  tell(batch: Batch): void {
     // The transaction has committed: a listener's error must not turn it into a failure.
     const call = <T>(listeners: Set<(x: T) => void>, x: T) => {
       for (const l of listeners) {
@@ -68,7 +86,6 @@ export class EngineState {
     if (batch.readyTypes.size > 0) call(this.readyListeners, batch.readyTypes);
     if (batch.cancelledRunning.length > 0) call(this.cancelListeners, batch.cancelledRunning);
     if (batch.jobsSettled.length > 0) call(this.jobListeners, batch.jobsSettled);
-    return out;
   }
 
   typeConfig(namespace: string, type: string): TypeConfigRow | undefined {
@@ -80,6 +97,35 @@ export class EngineState {
 export async function getRunning(tx: StoreTx, ref: AttemptRef): Promise<TaskCore> {
   tx.assertNotHeldByCaller?.(ref.id); // a ctx call while the handler's own transaction holds the task
   const [row] = await tx.getTasks([ref.id]);
+  return heldBy(row, ref);
+}
+
+/**
+ * getRunning, and in the same round trip (StoreTx.together) another read about the task that
+ * does not need its row (wasted if the attempt no longer holds it).
+ */
+export async function getRunningWith<T>(
+  tx: StoreTx,
+  ref: AttemptRef,
+  read: () => Promise<T>,
+): Promise<[TaskCore, T]> {
+  tx.assertNotHeldByCaller?.(ref.id);
+  const [rows, other] = await together<[TaskCore[], T]>(tx, [() => tx.getTasks([ref.id]), read]);
+  return [heldBy(rows[0], ref), other];
+}
+
+/** Operations of `tx` as if awaited one after the other; in one round trip where the store can. */
+export async function together<T extends unknown[]>(
+  tx: StoreTx,
+  ops: { [K in keyof T]: () => Promise<T[K]> },
+): Promise<T> {
+  if (tx.together) return tx.together<T>(ops);
+  const out: unknown[] = [];
+  for (const op of ops) out.push(await op());
+  return out as T;
+}
+
+function heldBy(row: TaskCore | undefined, ref: AttemptRef): TaskCore {
   if (!row) throw new NotFoundError(`task ${ref.id} not found`);
   if (row.state !== 'running' || row.run_token !== ref.token)
     throw new StaleAttemptError(

@@ -6,7 +6,7 @@ import { releaseSlots } from './batch.js';
 import type { AttemptRef, WaitResult, WaitSpec } from './defs.js';
 import { ValidationError } from './errors.js';
 import { outcomeOf, toJson } from './rows.js';
-import { type EngineState, getRunning } from './state.js';
+import { type EngineState, getRunning, getRunningWith } from './state.js';
 import { isSettled } from './types.js';
 
 /**
@@ -15,18 +15,19 @@ import { isSettled } from './types.js';
  * frees its worker and slot, and is re-queued when the last awaited child settles.
  */
 export async function wait(engine: EngineState, ref: AttemptRef, spec: WaitSpec): Promise<WaitResult> {
-  return engine.run(async (tx, b) => {
-    const row = await getRunning(tx, ref);
+  return engine.runReadingFirst(async (tx, b) => {
+    const ids = spec.all ? [] : [...new Set(spec.ids)];
+    // A big set is read with one range scan over the children rather than a lookup per id.
+    const scan = spec.all || ids.length > 64;
+    const [row, read] = await getRunningWith(tx, ref, () => (scan ? tx.children(ref.id) : tx.outcomes(ids)));
     let children: OutcomeRow[];
     // Waiting on every child needs no per-child mark: the parent's open_children says it all.
     let all = spec.all;
     if (spec.all) {
-      children = await tx.children(row.id);
+      children = read;
     } else {
-      const ids = [...new Set(spec.ids)];
-      // A big set is read with one range scan over the children rather than a lookup per id.
-      const scanned = ids.length > 64 ? await tx.children(row.id) : undefined;
-      const got = new Map((scanned ?? (await tx.outcomes(ids))).map((r) => [r.id, r]));
+      const scanned = scan ? read : undefined;
+      const got = new Map(read.map((r) => [r.id, r]));
       children = spec.ids.map((id, i) => {
         const c = got.get(id);
         if (!c || c.parent_id !== row.id)
@@ -72,7 +73,7 @@ export async function wait(engine: EngineState, ref: AttemptRef, spec: WaitSpec)
 
 export async function progress(engine: EngineState, ref: AttemptRef, value: unknown): Promise<void> {
   const json = toJson(value, 'progress');
-  await engine.run(async (tx, b) => {
+  await engine.runReadingFirst(async (tx, b) => {
     const row = await getRunning(tx, ref);
     await tx.updateTasks([{ id: row.id, progress: json }]);
     if (b.wantEvents)
@@ -109,7 +110,7 @@ export async function putStep(
   value: unknown,
 ): Promise<void> {
   const json = value === undefined ? '[]' : `[${toJson(value, `step ${name}`)}]`;
-  await engine.run(async (tx) => {
+  await engine.runReadingFirst(async (tx) => {
     const row = await getRunning(tx, ref);
     await tx.putStep(row.job_id, row.id, name, json);
   });

@@ -120,6 +120,14 @@ export class Worker {
   private claiming: Promise<void> | false = false;
   /** When the last claim began: tasks due before it that it did not take were held back. */
   private claimStartedAt = 0;
+  /** Wake-ups heard (onReady): work may have become ready since a claim came back short. */
+  private wakes = 0;
+  /**
+   * Set when a claim came back short, on a port that hears every task made ready (see
+   * WorkerPort.hearsAllReady): the wake-ups heard when the next due time was read, and that
+   * time (null: none queued). Until another wake-up, or that time, a claim would find nothing.
+   */
+  private drained: { wakes: number; next: number | null } | undefined;
   /** Ends a long-poll claim early, on stop. */
   private longPoll: AbortController | undefined;
   private stopped = true;
@@ -143,7 +151,10 @@ export class Worker {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    const ready = this.port.onReady?.(this.opts.namespace, this.types, () => this.pump());
+    const ready = this.port.onReady?.(this.opts.namespace, this.types, () => {
+      this.wakes++;
+      this.pump();
+    });
     if (ready) this.unsubscribe.push(ready);
     const cancelled = this.port.onCancelled?.((ids) => {
       // A cancellation is of the task: it reaches whichever of its attempts runs here.
@@ -223,6 +234,13 @@ export class Worker {
       .catch((e) => this.claimFailed(e));
   }
 
+  /** Claims for capacity just freed, unless a claim would find nothing (see `drained`). */
+  private refill(): void {
+    const d = this.drained;
+    if (d && d.wakes === this.wakes && (d.next === null || d.next > Date.now())) return;
+    this.pump();
+  }
+
   /**
    * Starts claimed tasks; claims again at once if the batch was full, else sleeps (or, on a
    * port that long-polls, claims again and waits there for work).
@@ -240,6 +258,8 @@ export class Worker {
       return;
     }
     for (const c of claimed) this.runTask(c);
+    const drained = this.drained;
+    this.drained = undefined;
     if (claimed.length === want) {
       this.pump();
       return;
@@ -252,7 +272,17 @@ export class Worker {
     // Fewer than asked: sleep until a wake-up, the next due task, or the safety-net poll.
     let delay = this.opts.pollMs;
     try {
-      const next = (await this.port.nextRunAt?.(this.opts.namespace, this.types)) ?? null;
+      // No wake-up since the last read of the next due time: no task was queued since, so it
+      // still holds, unless that task was due when this claim looked (held back, or taken).
+      const wakes = this.wakes;
+      const known =
+        drained?.wakes === wakes && (drained.next === null || drained.next > this.claimStartedAt)
+          ? drained
+          : undefined;
+      const next = known
+        ? known.next
+        : ((await this.port.nextRunAt?.(this.opts.namespace, this.types)) ?? null);
+      if (this.port.hearsAllReady) this.drained = known ?? { wakes, next };
       // A task due when the claim looked, yet passed over, is held back by a concurrency limit
       // (or was taken by another worker): a freed slot wakes this worker, so until then look
       // again now and then rather than in a busy loop of claims.
@@ -344,7 +374,7 @@ export class Worker {
     }
     if ('suspended' in outcome) {
       this.running.delete(attemptKey(ref));
-      this.pump();
+      this.refill();
       this.notifyIdle();
       return;
     }
@@ -433,7 +463,7 @@ export class Worker {
     } finally {
       this.flushing = null;
     }
-    this.pump();
+    this.refill();
     this.notifyIdle();
   }
 

@@ -232,6 +232,12 @@ export interface StoreTx {
    */
   assertNotHeldByCaller?(taskId: string): void;
   /**
+   * Runs these operations of this transaction (each one statement, none needing another's
+   * answer) as if awaited one after the other, in one round trip where the store can.
+   * Optional: see `together` in src/engine/state.ts, which falls back to one at a time.
+   */
+  together?<T extends unknown[]>(ops: { [K in keyof T]: () => Promise<T[K]> }): Promise<T>;
+  /**
    * Tasks by id, locked until commit (in id order, so that lockers queue, not deadlock).
    * `skipLocked`: leaves out, without waiting, rows another transaction holds.
    */
@@ -254,10 +260,11 @@ export interface StoreTx {
   /**
    * Optional shortcut of a whole claim in one statement, for a namespace without concurrency
    * limits: the best `limit` due tasks of `types`, claimed and leased as claimByIds would.
-   * Returns nothing when the namespace has limits (or nothing is due): the engine then takes
-   * the general path. Worth having where a statement is a round trip (PostgreSQL).
+   * Returns null when the namespace has limits: the engine then takes the general path. An
+   * empty list means nothing is due, and is final. Worth having where a statement is a round
+   * trip (PostgreSQL).
    */
-  claimReady?(q: ClaimReadyQuery): Promise<ClaimRow[]>;
+  claimReady?(q: ClaimReadyQuery): Promise<ClaimRow[] | null>;
   /**
    * Guarded completion: for each item still running under its token, stores the result and
    * moves it to `succeeded` (no open children and no unobserved failure) or `completing`.
@@ -338,7 +345,11 @@ export interface Store {
   migrate(): Promise<string[]>;
   /** The migrations this version of dynatask has that the database has not applied. */
   pendingMigrations(): Promise<string[]>;
-  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /**
+   * `clockLater`: the operation reads no time (StoreTx.now) before its first statement, so a
+   * store may begin the transaction with that statement (PostgreSQL: one round trip fewer).
+   */
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>, opts?: { clockLater?: boolean }): Promise<T>;
   /**
    * Runs `fn` inside a transaction the caller began on a connection of their own (`client`),
    * without committing it: the caller commits or rolls back. Optional: only stores that
@@ -353,6 +364,12 @@ export interface Store {
   /** A job's tasks in creation order, `limit` at a time. */
   taskPage(jobId: string, after: string | null, limit: number): Promise<TaskPage>;
   typeConfigs(namespace: string): Promise<TypeConfigRow[]>;
+  /**
+   * StoreTx.claimReady on its own, as one operation that commits as it returns (one round
+   * trip on PostgreSQL), on the store's clock: returns the time it used with the rows, or
+   * null when the namespace has limits. Optional.
+   */
+  claimReady?(q: Omit<ClaimReadyQuery, 'now'>): Promise<{ now: number; rows: ClaimRow[] } | null>;
   /** Earliest run_at among queued tasks of these types, or null. */
   nextRunAt(namespace: string, types: string[]): Promise<number | null>;
   /** A memoised step's stored value (JSON), if any. */

@@ -29,6 +29,8 @@ import type { TaskState } from '../../core/states.js';
 import { Mutex } from '../mutex.js';
 import type {
   AttemptRow,
+  ClaimReadyQuery,
+  ClaimRow,
   JobRow,
   ListJobsQuery,
   ReadyNotice,
@@ -40,7 +42,7 @@ import type {
 } from '../store.js';
 import { DB_NOW_MS, listJobsSql, queries } from './queries.js';
 import { ReadyListener, readyChannel } from './ready.js';
-import { callerHoldsError, PostgresTx, type TxContext } from './tx.js';
+import { type ClaimedRow, callerHoldsError, claimedRows, PostgresTx, type TxContext } from './tx.js';
 
 /** Where the migrations live, next to this file both in src/ and in dist/. */
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
@@ -160,7 +162,14 @@ export class PostgresStore implements Store {
     const s = `"${this.schema}"`;
     const channel = readyChannel(this.schema);
     this.ready = new ReadyListener({ connectionString: parsed.url, types }, channel);
-    this.ctx = { schema: s, q: queries(s), updates: new Map(), channel, origin: this.ready.origin };
+    this.ctx = {
+      schema: s,
+      q: queries(s),
+      updates: new Map(),
+      names: new Map(),
+      channel,
+      origin: this.ready.origin,
+    };
   }
 
   async pendingMigrations(): Promise<string[]> {
@@ -212,12 +221,12 @@ export class PostgresStore implements Store {
     });
   }
 
-  async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: StoreTx) => Promise<T>, opts?: { clockLater?: boolean }): Promise<T> {
     let lockTimeoutMs = LOCK_TIMEOUT_FIRST_MS;
     let giveUpAt: number | undefined;
     for (;;) {
       try {
-        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs));
+        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs, opts?.clockLater));
       } catch (e) {
         if ((e as { code?: string }).code !== LOCK_NOT_AVAILABLE || this.closing) throw e;
         giveUpAt ??= Date.now() + LOCK_WAIT_FOR_MS;
@@ -284,7 +293,14 @@ export class PostgresStore implements Store {
     });
   }
 
-  private async runTransaction<T>(fn: (tx: StoreTx) => Promise<T>, lockTimeoutMs: number): Promise<T> {
+  private async runTransaction<T>(
+    fn: (tx: StoreTx) => Promise<T>,
+    lockTimeoutMs: number,
+    clockLater = false,
+  ): Promise<T> {
+    // One round trip: BEGIN, the lock wait allowed, and the database's time; with the first
+    // statement when the operation needs no time before it.
+    const begin = `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`;
     let reconnectMs = RECONNECT_FIRST_MS;
     let reconnectUntil: number | undefined;
     for (let attempt = 1; ; attempt++) {
@@ -292,12 +308,17 @@ export class PostgresStore implements Store {
       try {
         return await this.withClient(
           (client, now) => {
-            tx = new PostgresTx(client, this.ctx, now!, { holding: (id) => this.callerHolding(id) });
+            tx = new PostgresTx(
+              client,
+              this.ctx,
+              now,
+              { holding: (id) => this.callerHolding(id) },
+              clockLater ? begin : undefined,
+            );
             return fn(tx);
           },
           () => tx!.commitSql(),
-          // One round trip: BEGIN, the lock wait allowed, and the database's time.
-          `BEGIN; SET LOCAL lock_timeout = ${Math.round(lockTimeoutMs)}; ${DB_NOW}`,
+          clockLater ? '' : begin,
         );
       } catch (e) {
         // A connection lost before COMMIT: Postgres rolled the transaction back. Run it again
@@ -338,7 +359,7 @@ export class PostgresStore implements Store {
       client.on('error', onError);
       let committing = false;
       try {
-        const began = (await client.query(begin)) as pg.QueryResult | pg.QueryResult[];
+        const began = begin ? ((await client.query(begin)) as pg.QueryResult | pg.QueryResult[]) : undefined;
         const last = Array.isArray(began) ? began[began.length - 1] : began;
         const out = await fn(client, (last?.rows[0] as { now?: number } | undefined)?.now);
         // Broken already (its 'error' came in): COMMIT cannot reach the server, so the
@@ -424,9 +445,44 @@ export class PostgresStore implements Store {
 
   async nextRunAt(namespace: string, types: string[]): Promise<number | null> {
     if (!types.length) return null;
-    const [r] = await this.rows<{ t: number | null; now: number }>(this.ctx.q.nextRunAt, [namespace, types]);
+    // Prepared (an idle worker's one read after each short claim): planned once per connection.
+    const [r] = (
+      await this.tracked('statement', () =>
+        this.pool.query<{ t: number | null; now: number }>({
+          name: 'dynatask_next_run_at',
+          text: this.ctx.q.nextRunAt,
+          values: [namespace, types],
+        }),
+      )
+    ).rows;
     // On this process's clock: the worker sleeps until then.
     return r?.t == null ? null : r.t - r.now + Date.now();
+  }
+
+  /**
+   * The one-statement claim on its own: it commits as it returns, and takes the database's
+   * time when it runs. One round trip, in the store's order of transactions.
+   */
+  claimReady(q: Omit<ClaimReadyQuery, 'now'>): Promise<{ now: number; rows: ClaimRow[] } | null> {
+    return this.mutex.run(() =>
+      this.tracked('transaction', async () => {
+        const { rows } = await this.pool.query<ClaimedRow>({
+          name: 'dynatask_claim_ready',
+          text: this.ctx.q.claimReady,
+          values: [
+            q.namespace,
+            q.types,
+            null,
+            q.limit,
+            q.leaseMs,
+            q.graceMs,
+            JSON.stringify(q.typeTimeouts),
+            q.workerId,
+          ],
+        });
+        return claimedRows(rows);
+      }),
+    );
   }
 
   async getStep(jobId: string, taskId: string, name: string): Promise<string | undefined> {

@@ -166,35 +166,42 @@ export function queries(s: string) {
 
     /**
      * $1: namespace, $2: types, $3: now, $4: limit, $5: lease ms, $6: grace ms, $7: default
-     * timeout per type (a JSON object), $8: the claiming worker's id. The whole claim in one statement, for a namespace
+     * timeout per type (a JSON object), $8: the claiming worker's id. $3 null: the statement's
+     * own time, on the database's clock (a claim outside a transaction; `_now` returns it).
+     * The whole claim in one statement, for a namespace
      * without concurrency limits (no slot rows; a limit always has one): the best due tasks
      * of each type, locked (SKIP LOCKED), the best `limit` of those claimed. Claims nothing
      * when the namespace has slots: the caller then takes the general path (getSlots,
-     * claimCandidates, claimByIds).
+     * claimCandidates, claimByIds). Every row says whether it has (`_limited`); when nothing
+     * is claimed, one row of NULLs carries it, so that "nothing due" is final.
      */
-    claimReady: `WITH c AS (
+    claimReady: `WITH n AS (SELECT coalesce($3::bigint, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8) AS now),
+      lim AS (SELECT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1) AS limited),
+      c AS (
         SELECT x.ctid FROM unnest($2::text[]) AS ty(type)
         CROSS JOIN LATERAL (
           SELECT t.ctid, t.priority, t.run_at, t.id FROM ${s}.tasks AS t
-          WHERE t.namespace = $1 AND t.type = ty.type AND t.state = 'queued' AND t.run_at <= $3
-            AND NOT EXISTS (SELECT 1 FROM ${s}.slots WHERE namespace = $1)
+          WHERE t.namespace = $1 AND t.type = ty.type AND t.state = 'queued' AND t.run_at <= (SELECT now FROM n)
+            AND NOT (SELECT limited FROM lim)
           ORDER BY t.priority DESC, t.run_at, t.id
           LIMIT $4
           FOR UPDATE SKIP LOCKED
         ) AS x
         ORDER BY x.priority DESC, x.run_at, x.id
         LIMIT $4
-      )
-      UPDATE ${s}.tasks AS t SET
+      ),
+      u AS (UPDATE ${s}.tasks AS t SET
         state = 'running', attempt = greatest(t.attempt, 1), run_token = t.run_token + 1,
-        started_at = $3::bigint, slots_held = 0, worker_id = $8::text,
+        started_at = n.now, slots_held = 0, worker_id = $8::text,
         timeout_ms = coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint),
         lease_expires_at = CASE WHEN coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint) IS NULL
-          THEN $3::bigint + $5::bigint
-          ELSE least($3::bigint + $5::bigint, $3::bigint + coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint) + $6::bigint) END
-      FROM c
+          THEN n.now + $5::bigint
+          ELSE least(n.now + $5::bigint, n.now + coalesce(t.timeout_ms, ($7::jsonb ->> t.type)::bigint) + $6::bigint) END
+      FROM c, n
       WHERE t.ctid = c.ctid
-      RETURNING ${list(CLAIM_COLUMNS, 't')}`,
+      RETURNING ${list(CLAIM_COLUMNS, 't')}
+      )
+      SELECT lim.limited AS _limited, n.now AS _now, u.* FROM n, lim LEFT JOIN u ON true`,
 
     /**
      * $1: now, $2: limit. Running tasks whose lease expired, locked; SKIP LOCKED leaves a task

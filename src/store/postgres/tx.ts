@@ -37,6 +37,8 @@ export interface TxContext {
   origin: string;
   /** Type parsers to name on every query: set when the client is the caller's, not the pool's. */
   types?: pg.CustomTypesConfig;
+  /** Names of the prepared statements, by text (the same on every connection of the pool). */
+  names: Map<string, string>;
 }
 
 export class PostgresTx implements StoreTx {
@@ -51,21 +53,40 @@ export class PostgresTx implements StoreTx {
   /** Payloads of the wake-ups to send on commit (see notifyReady). */
   private readonly notices: string[] = [];
 
+  /**
+   * Writes whose answer nobody needs (updates of tasks, jobs, slots; attempts), rendered with
+   * their values as literals: they go out with the next statement, or with COMMIT, in one
+   * round trip (a simple multi-statement query), in the order they were made.
+   */
+  private readonly pending: string[] = [];
+
+  /** While `together` gathers its statements: each, to be sent with the others. */
+  private gathering:
+    | Array<{ sql: string; done: (r: pg.QueryResult) => void; fail: (e: unknown) => void }>
+    | undefined;
+
   /** Ids of the task rows this transaction locked (for a caller's transaction: see PostgresStore). */
   readonly locked = new Set<string>();
 
   constructor(
     private readonly client: pg.ClientBase,
     private readonly ctx: TxContext,
-    /** The database's time when the transaction began. */
-    private readonly at: number,
+    /** The database's time when the transaction began; undefined until `begin` has gone out. */
+    private at: number | undefined,
     private readonly callers: {
       /** The caller's client this transaction runs on, if any. */
       holder?: pg.ClientBase;
       /** The open caller's transaction of this process holding a task's row, if any. */
       holding(taskId: string): pg.ClientBase | undefined;
     },
-  ) {}
+    /**
+     * BEGIN, not sent yet: it goes out with the first statement (one round trip fewer), and
+     * ends with the database's time (its third result), which `now` returns from then on.
+     */
+    begin?: string,
+  ) {
+    if (begin !== undefined) this.pending.push(begin);
+  }
 
   /**
    * Refuses a call about a task whose row an open transaction of the caller holds, unless
@@ -76,22 +97,93 @@ export class PostgresTx implements StoreTx {
     if (holder && holder !== this.callers.holder) throw callerHoldsError(taskId);
   }
 
-  private async rows<R>(text: string, values: unknown[]): Promise<R[]> {
-    return (await this.query(text, values)).rows as R[];
+  private async rows<R>(text: string, values: unknown[], prepared = false): Promise<R[]> {
+    return (await this.query(text, values, prepared)).rows as R[];
   }
 
   /**
-   * One statement. A caller's own client parses bigints as strings by default: its queries
-   * say how to parse them (as numbers, like the store's pool), whatever the client's settings.
+   * One statement, after the pending writes. A caller's own client parses bigints as strings
+   * by default: its queries say how to parse them (as numbers, like the store's pool),
+   * whatever the client's settings.
+   *
+   * With pending writes, the statement rides with them, its values inlined. Otherwise, when
+   * `prepared` (a statement of one task, whose plan does not depend on a batch's size), it is
+   * a named prepared statement of the connection: planned once, not on every call.
    */
-  private query(text: string, values: unknown[]): Promise<pg.QueryResult> {
-    return this.ctx.types
-      ? this.client.query({ text, values, types: this.ctx.types })
-      : this.client.query(text, values);
+  private async query(text: string, values: unknown[], prepared = false): Promise<pg.QueryResult> {
+    const gathering = this.gathering;
+    if (gathering)
+      return new Promise((done, fail) =>
+        gathering.push({ sql: inline(this.client, text, values), done, fail }),
+      );
+    if (this.pending.length) return (await this.send([inline(this.client, text, values)]))[0]!;
+    const types = this.ctx.types;
+    // Not on a caller's connection: its prepared statements are the caller's business.
+    if (prepared && !types) {
+      let name = this.ctx.names.get(text);
+      if (name === undefined) {
+        name = `dynatask_${this.ctx.names.size}`;
+        this.ctx.names.set(text, name);
+      }
+      return this.client.query({ name, text, values });
+    }
+    return types ? this.client.query({ text, values, types }) : this.client.query(text, values);
+  }
+
+  /**
+   * The operations, each one statement, in one round trip (with the pending writes): a simple
+   * query of their statements, values inlined, which Postgres runs one after the other, each
+   * with its own snapshot, as if they had been awaited in turn. None may need another's answer.
+   */
+  async together<T extends unknown[]>(ops: { [K in keyof T]: () => Promise<T[K]> }): Promise<T> {
+    const gathered: NonNullable<typeof this.gathering> = [];
+    this.gathering = gathered;
+    let results: Array<Promise<unknown>>;
+    try {
+      results = ops.map((op) => op());
+    } finally {
+      this.gathering = undefined;
+    }
+    if (gathered.length) {
+      try {
+        const out = await this.send(gathered.map((g) => g.sql));
+        for (const [i, g] of gathered.entries()) g.done(out[i]!);
+      } catch (e) {
+        for (const g of gathered) g.fail(e);
+      }
+    }
+    return (await Promise.all(results)) as T;
+  }
+
+  /**
+   * The pending writes (and BEGIN, if not sent yet), then these statements, in one simple
+   * query; returns the results of these statements.
+   */
+  private async send(statements: string[]): Promise<pg.QueryResult[]> {
+    const beginning = this.at === undefined;
+    const out = await this.simple([...this.pending.splice(0), ...statements].join(';\n'));
+    const list = Array.isArray(out) ? out : [out];
+    if (beginning) this.at = (list[2]!.rows[0] as { now: number }).now;
+    return list.slice(list.length - statements.length);
+  }
+
+  /** A simple query (no parameters; several statements allowed): one result, or one per statement. */
+  private simple(text: string): Promise<pg.QueryResult | pg.QueryResult[]> {
+    const types = this.ctx.types;
+    return (types ? this.client.query({ text, types }) : this.client.query(text)) as Promise<
+      pg.QueryResult | pg.QueryResult[]
+    >;
+  }
+
+  /** A write whose answer is not needed: sent with the next statement, or with COMMIT. */
+  private defer(text: string, values: unknown[]): void {
+    this.pending.push(inline(this.client, text, values));
   }
 
   /** The database's clock, not this machine's: processes on machines whose clocks differ agree on leases and run times. */
   now(): number {
+    if (this.at === undefined)
+      throw new Error('dynatask: the transaction has not read the clock yet (its first statement reads it)');
     return this.at;
   }
 
@@ -99,15 +191,19 @@ export class PostgresTx implements StoreTx {
     if (!rows.length) return;
     // A job id is the caller's idempotency key: one a concurrent transaction has just taken
     // means running this one again, which then finds that job.
-    const inserted = await this.query(this.ctx.q.insertJobs, [
-      rows.map((r) => r.id),
-      rows.map((r) => r.namespace),
-      rows.map((r) => r.type),
-      rows.map((r) => r.root_task_id),
-      rows.map((r) => r.state),
-      rows.map((r) => r.created_at),
-      rows.map((r) => r.settled_at),
-    ]);
+    const inserted = await this.query(
+      this.ctx.q.insertJobs,
+      [
+        rows.map((r) => r.id),
+        rows.map((r) => r.namespace),
+        rows.map((r) => r.type),
+        rows.map((r) => r.root_task_id),
+        rows.map((r) => r.state),
+        rows.map((r) => r.created_at),
+        rows.map((r) => r.settled_at),
+      ],
+      rows.length === 1,
+    );
     if ((inserted.rowCount ?? 0) < rows.length) {
       this.lostKeyRace = true;
       throw new Error('a concurrent submit took the same job id');
@@ -116,14 +212,14 @@ export class PostgresTx implements StoreTx {
 
   async getJobs(ids: string[]): Promise<JobRow[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.getJobs, [ids]);
+    return this.rows(this.ctx.q.getJobs, [ids], ids.length === 1);
   }
 
   async updateJobs(
     patches: Array<{ id: string; state: JobRow['state']; settled_at: number | null }>,
   ): Promise<void> {
     if (!patches.length) return;
-    await this.query(this.ctx.q.updateJobs, [
+    this.defer(this.ctx.q.updateJobs, [
       patches.map((p) => p.id),
       patches.map((p) => p.state),
       patches.map((p) => p.settled_at),
@@ -135,6 +231,7 @@ export class PostgresTx implements StoreTx {
     const inserted = await this.rows<{ id: string }>(
       this.ctx.q.insertTasks,
       TASK_COLUMNS.map((c) => rows.map((r) => r[c])),
+      rows.length === 1,
     );
     if (inserted.length < rows.length) this.lostKeyRace = true;
     return new Set(inserted.map((r) => r.id));
@@ -145,6 +242,7 @@ export class PostgresTx implements StoreTx {
     const rows = await this.rows<TaskCore>(
       opts?.skipLocked ? this.ctx.q.getTasksSkipLocked : this.ctx.q.getTasks,
       [ids],
+      ids.length === 1,
     );
     if (this.callers.holder) for (const r of rows) this.locked.add(r.id);
     return rows;
@@ -177,12 +275,12 @@ export class PostgresTx implements StoreTx {
       values.push(merged.map((p) => p[name] ?? null));
       if (partial && isNullable(name)) values.push(merged.map((p) => name in p));
     }
-    await this.query(sql, values);
+    this.defer(sql, values);
   }
 
   async findChildrenByKey(parentId: string, keys: string[]): Promise<KeyedRow[]> {
     if (!keys.length) return [];
-    return this.rows(this.ctx.q.findChildrenByKey, [parentId, keys]);
+    return this.rows(this.ctx.q.findChildrenByKey, [parentId, keys], keys.length === 1);
   }
 
   async findByDedupKey(jobId: string, keys: string[]): Promise<KeyedRow[]> {
@@ -191,12 +289,12 @@ export class PostgresTx implements StoreTx {
   }
 
   async children(parentId: string): Promise<OutcomeRow[]> {
-    return this.rows(this.ctx.q.children, [parentId]);
+    return this.rows(this.ctx.q.children, [parentId], true);
   }
 
   async outcomes(ids: string[]): Promise<OutcomeRow[]> {
     if (!ids.length) return [];
-    return this.rows(this.ctx.q.outcomes, [ids]);
+    return this.rows(this.ctx.q.outcomes, [ids], ids.length === 1);
   }
 
   async claimCandidates(q: ClaimQuery): Promise<ClaimCandidate[]> {
@@ -214,17 +312,23 @@ export class PostgresTx implements StoreTx {
     return rows;
   }
 
-  async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[]> {
-    return this.rows(this.ctx.q.claimReady, [
-      q.namespace,
-      q.types,
-      q.now,
-      q.limit,
-      q.leaseMs,
-      q.graceMs,
-      JSON.stringify(q.typeTimeouts),
-      q.workerId,
-    ]);
+  async claimReady(q: ClaimReadyQuery): Promise<ClaimRow[] | null> {
+    // Prepared: its plan (each type's best due tasks, by the claim index) is the same for any limit.
+    const rows = await this.rows<ClaimedRow>(
+      this.ctx.q.claimReady,
+      [
+        q.namespace,
+        q.types,
+        q.now,
+        q.limit,
+        q.leaseMs,
+        q.graceMs,
+        JSON.stringify(q.typeTimeouts),
+        q.workerId,
+      ],
+      true,
+    );
+    return claimedRows(rows)?.rows ?? null;
   }
 
   /**
@@ -256,12 +360,11 @@ export class PostgresTx implements StoreTx {
     now: number,
   ): Promise<CompletedRow[]> {
     if (!items.length) return [];
-    return this.rows(this.ctx.q.completeRunning, [
-      items.map((i) => i.id),
-      items.map((i) => i.token),
-      items.map((i) => i.result),
-      now,
-    ]);
+    return this.rows(
+      this.ctx.q.completeRunning,
+      [items.map((i) => i.id), items.map((i) => i.token), items.map((i) => i.result), now],
+      items.length === 1,
+    );
   }
 
   async expiredLeases(now: number, limit: number): Promise<TaskCore[]> {
@@ -296,7 +399,11 @@ export class PostgresTx implements StoreTx {
 
   async dependents(tasks: Array<{ job_id: string; id: string }>): Promise<DepRow[]> {
     if (!tasks.length) return [];
-    return this.rows(this.ctx.q.dependents, [tasks.map((t) => t.job_id), tasks.map((t) => t.id)]);
+    return this.rows(
+      this.ctx.q.dependents,
+      [tasks.map((t) => t.job_id), tasks.map((t) => t.id)],
+      tasks.length === 1,
+    );
   }
 
   async insertAttempts(rows: AttemptRow[]): Promise<void> {
@@ -304,7 +411,7 @@ export class PostgresTx implements StoreTx {
     const last = new Map(rows.map((r) => [`${r.job_id}\0${r.task_id}\0${r.attempt}`, r]));
     if (!last.size) return;
     const list = [...last.values()];
-    await this.query(this.ctx.q.insertAttempts, [
+    this.defer(this.ctx.q.insertAttempts, [
       list.map((r) => r.job_id),
       list.map((r) => r.task_id),
       list.map((r) => r.attempt),
@@ -346,7 +453,7 @@ export class PostgresTx implements StoreTx {
   async adjustSlots(namespace: string, deltas: Map<string, number>): Promise<void> {
     const changed = [...deltas].filter(([, d]) => d !== 0);
     if (!changed.length) return;
-    await this.query(this.ctx.q.adjustSlots, [namespace, changed.map(([k]) => k), changed.map(([, d]) => d)]);
+    this.defer(this.ctx.q.adjustSlots, [namespace, changed.map(([k]) => k), changed.map(([, d]) => d)]);
   }
 
   /** Kept for commitSql: Postgres delivers a NOTIFY on commit, and drops it on rollback. */
@@ -355,24 +462,26 @@ export class PostgresTx implements StoreTx {
   }
 
   /**
-   * Sends the notices inside the transaction (a caller's own, which the caller commits):
-   * Postgres holds them until that commit, and drops them on rollback.
+   * Sends the pending writes and the notices inside the transaction (a caller's own, which
+   * the caller commits): Postgres holds the notices until that commit, and drops them on rollback.
    */
   async sendNotices(): Promise<void> {
-    if (!this.notices.length) return;
-    await this.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [
-      this.ctx.channel,
-      this.notices,
-    ]);
+    const sql = this.tail();
+    if (sql.length) await this.simple(sql.join(';\n'));
   }
 
-  /** COMMIT, preceded by the transaction's notices: one round trip (a simple multi-statement query). */
+  /** COMMIT, preceded by the pending writes and the notices: one round trip (a simple multi-statement query). */
   commitSql(): string {
+    return [...this.tail(), 'COMMIT'].join(';\n');
+  }
+
+  /** What is left to send before the transaction ends: the pending writes, then the notices. */
+  private tail(): string[] {
     const channel = this.client.escapeLiteral(this.ctx.channel);
     return [
-      ...this.notices.map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
-      'COMMIT',
-    ].join('; ');
+      ...this.pending.splice(0),
+      ...this.notices.splice(0).map((p) => `SELECT pg_notify(${channel}, ${this.client.escapeLiteral(p)})`),
+    ];
   }
 
   async getTypeConfigs(keys: Array<{ namespace: string; type: string }>): Promise<TypeConfigRow[]> {
@@ -394,6 +503,42 @@ export class PostgresTx implements StoreTx {
       list.map((r) => r.concurrency),
     ]);
   }
+}
+
+/**
+ * A statement with its values in place of its parameters, as literals: the text Postgres
+ * would parse from each parameter, quoted (every parameter of these statements is cast, or
+ * compared with a column, so an untyped literal takes the type the parameter would).
+ */
+export function inline(client: pg.ClientBase, text: string, values: unknown[]): string {
+  return text.replace(/\$(\d+)/g, (_, n: string) => literal(client, values[Number(n) - 1]));
+}
+
+function literal(client: pg.ClientBase, v: unknown): string {
+  if (v === null || v === undefined) return 'NULL';
+  if (Array.isArray(v)) {
+    const items = v.map((e) =>
+      e === null || e === undefined ? 'NULL' : `"${String(e).replace(/[\\"]/g, '\\$&')}"`,
+    );
+    return client.escapeLiteral(`{${items.join(',')}}`);
+  }
+  if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`not a finite number: ${v}`);
+  return client.escapeLiteral(String(v));
+}
+
+/** A row of the one-statement claim (queries.ts, claimReady). */
+export type ClaimedRow = ClaimRow & { _limited: boolean; _now: number };
+
+/** The rows claimed, with the time the claim used; null when the namespace has limits. */
+export function claimedRows(rows: ClaimedRow[]): { now: number; rows: ClaimRow[] } | null {
+  if (rows[0]?._limited) return null;
+  const claimed: ClaimRow[] = [];
+  for (const r of rows) {
+    if (r.id === null) continue; // the row of NULLs: nothing claimed
+    const { _limited, _now, ...row } = r;
+    claimed.push(row);
+  }
+  return { now: rows[0]!._now, rows: claimed };
 }
 
 /** The refusal of a call that would wait for a caller's own open transaction. */
