@@ -56,7 +56,7 @@ export interface HandlerOptions extends RetryPolicy {
 }
 
 export interface StartOptions {
-  /** Handlers running at once in this process. Default 256. */
+  /** Handlers running at once in this process. Default 512 (two batches of 256). */
   concurrency?: number;
   /**
    * Tasks claimed per transaction. Default: half of `concurrency`, so that two batches
@@ -204,7 +204,7 @@ export class Dynatask<M extends TaskMap = TaskMap> {
       [...this.handlerOptions].map(([type, o]) => ({ type, ...o })),
     );
     const local = this.port instanceof LocalPort ? this.port : undefined;
-    const concurrency = opts.concurrency ?? 256;
+    const concurrency = opts.concurrency ?? 512;
     this.worker = new Worker(this.port, this.handlers, {
       namespace: this.namespace,
       concurrency,

@@ -137,8 +137,9 @@ export class Worker {
   private readonly claims = new Set<Promise<void>>();
   private unanswered = 0;
   private reserved = 0;
-  /** The claim in flight on its own (not with a report), if any. */
+  /** The claim in flight on its own (not with a report), if any, and how many tasks it asked for. */
   private alone: Promise<void> | undefined;
+  private aloneWant = 0;
   /** When the last claim began: tasks due before it that it did not take were held back. */
   private claimStartedAt = 0;
   /** Wake-ups heard (onReady): work may have become ready since a claim came back short. */
@@ -284,6 +285,7 @@ export class Worker {
       });
     this.claims.add(claim);
     this.alone = claim;
+    this.aloneWant = want;
   }
 
   /** Claims for capacity just freed, unless a claim would find nothing (see `drained`). */
@@ -442,9 +444,10 @@ export class Worker {
     // (with whatever else finishes meanwhile).
     while (this.reports.size >= REPORTS_IN_FLIGHT) await Promise.race(this.reports);
     // A short claim of its own in flight (a slot freed by a suspended handler): let it land, so
-    // these outcomes carry the next claim and the worker keeps one round trip per batch
-    // instead of splitting into batches that fragment.
-    if (this.alone && !this.longPoll && !this.stopped) await this.alone;
+    // these outcomes carry the next claim and batches do not fragment. A full one (the second
+    // batch, at start) is not waited for: its batch alternates with this one.
+    if (this.alone && this.aloneWant < this.opts.batchSize && !this.longPoll && !this.stopped)
+      await this.alone;
     this.flushScheduled = false;
     const completions = this.completions;
     const failures = this.failures;
