@@ -56,9 +56,12 @@ export interface HandlerOptions extends RetryPolicy {
 }
 
 export interface StartOptions {
-  /** Handlers running at once in this process. Default 256. */
+  /** Handlers running at once in this process. Default 512 (two batches of 256). */
   concurrency?: number;
-  /** Tasks claimed per transaction. Default 256. */
+  /**
+   * Tasks claimed per transaction. Default: half of `concurrency`, so that two batches
+   * alternate, one running while the other's outcomes are stored.
+   */
   batchSize?: number;
   /**
    * Safety-net poll interval when idle. Default 500 ms on SQLite; 5 s on Postgres, whose
@@ -201,10 +204,12 @@ export class Dynatask<M extends TaskMap = TaskMap> {
       [...this.handlerOptions].map(([type, o]) => ({ type, ...o })),
     );
     const local = this.port instanceof LocalPort ? this.port : undefined;
+    const concurrency = opts.concurrency ?? 512;
     this.worker = new Worker(this.port, this.handlers, {
       namespace: this.namespace,
-      concurrency: opts.concurrency ?? 256,
-      batchSize: opts.batchSize ?? 256,
+      concurrency,
+      // Two batches in flight: one's handlers run while the other's outcomes are stored.
+      batchSize: opts.batchSize ?? Math.ceil(concurrency / 2),
       pollMs: opts.pollMs ?? (local && !local.store.onReady ? 500 : 5000),
       // Only a lease chosen here is asked for: else the engine's applies (a server's --lease-ms).
       leaseMs: this.leaseMs,

@@ -14,6 +14,7 @@ afterAll(() => schemas.dropAll());
 const urls = new WeakMap<Dynatask, string>();
 
 runConformance('postgres', {
+  overlapping: true,
   async open(opts: TargetOptions = {}) {
     const database = schemas.freshUrl('conf');
     const dt = await open({ database, ...opts });

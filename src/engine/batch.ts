@@ -30,7 +30,8 @@ export class Batch {
     return this.at;
   }
 
-  taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState): void {
+  /** `at`: when the change is stamped, if not the transaction's time (a settle: see settleTime). */
+  taskEvent(row: Pick<TaskCore, 'id' | 'job_id' | 'type'>, state: TaskState, at = this.now): void {
     if (this.wantEvents)
       this.events.push({
         kind: 'task',
@@ -38,7 +39,7 @@ export class Batch {
         taskId: row.id,
         type: row.type,
         state,
-        at: this.now,
+        at,
       });
   }
 

@@ -197,6 +197,7 @@ export function newTaskRow(
     started_at: null,
     finished_at: null,
     settled_at: null,
+    children_settled_at: null,
     worker_id: null,
   };
 }

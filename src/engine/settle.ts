@@ -16,6 +16,20 @@ export interface Settling {
   written?: boolean;
   /** For `failed` without an error: the failure of an unobserved child, looked up when settling. */
   error?: TaskError | undefined;
+  /** Settles no earlier than this: tasks below it settled in this transaction at that time (terminate). */
+  notBefore?: number;
+}
+
+/**
+ * When a task settles in this transaction: the transaction's time, but never before any of its
+ * children settled. Transactions overlap (several per process on PostgreSQL, and those of other
+ * processes), each stamped with its clock at BEGIN; one that began first may settle a parent
+ * after seeing the last child settled by one that began later, and would stamp the parent
+ * earlier than that child. The parent's row carries its children's latest settle time
+ * (children_settled_at, read under the row lock) to prevent that; its job settles with it.
+ */
+export function settleTime(b: Batch, row: Pick<SettleRow, 'children_settled_at'>, notBefore = 0): number {
+  return Math.max(b.now, row.children_settled_at ?? 0, notBefore);
 }
 
 /**
@@ -33,6 +47,10 @@ export async function terminate(
   for (const r of subtree) b.terminated.add(r.id);
   b.terminated.add(row.id);
   const descendants = subtree.filter((r) => r.id !== row.id);
+  // One time for the whole subtree, after every child any of its tasks has seen settle: each
+  // task then settles no earlier than its children (see settleTime).
+  let at = settleTime(b, row);
+  for (const d of descendants) at = Math.max(at, settleTime(b, d));
   let skipped: Settling[] = [];
   if (descendants.length) {
     const cancelled: TaskError = { name: 'Cancelled', message: `ancestor ${row.id} ${state}` };
@@ -41,14 +59,14 @@ export async function terminate(
       if (d.state === 'running') b.cancelledRunning.push(d.id);
       releaseSlots(b, d);
       d.state = 'cancelled';
-      b.taskEvent(d, 'cancelled');
+      b.taskEvent(d, 'cancelled', at);
     }
     await tx.updateTasks(
       descendants.map((d) => ({
         id: d.id,
         state: 'cancelled' as const,
         error: json,
-        settled_at: b.now,
+        settled_at: at,
         lease_expires_at: null,
         slots_held: 0,
         open_children: 0,
@@ -61,7 +79,7 @@ export async function terminate(
   // The caller may already have released the task's slots (a failing attempt): `row` says.
   if (row.state === 'running' && state === 'cancelled') b.cancelledRunning.push(row.id);
   releaseSlots(b, row);
-  await settle(tx, b, [{ row, state, error }, ...skipped]);
+  await settle(tx, b, [{ row, state, error, notBefore: at }, ...skipped]);
 }
 
 /** A task whose handler is done and whose children have all settled: its final state. */
@@ -81,15 +99,20 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
     const next: Settling[] = [];
     const patches: TaskPatch[] = [];
     const jobs: Array<{ id: string; state: JobState; settled_at: number }> = [];
+    /** Each task's settle time, for its parent's children_settled_at. */
+    const settledAt = new Map<string, number>();
     for (const s of wave) {
       const { row } = s;
+      // A guarded completion (`written`) computed the same time in its statement.
+      const at = settleTime(b, row, s.notBefore);
+      settledAt.set(row.id, at);
       if (s.state === 'failed' && s.error === undefined) s.error = await childFailureError(tx, row);
       row.state = s.state;
       if (!s.written) {
         const patch: TaskPatch = {
           id: row.id,
           state: s.state,
-          settled_at: b.now,
+          settled_at: at,
           lease_expires_at: null,
           open_children: 0,
           wait_mode: 0,
@@ -97,27 +120,28 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
         if (s.error) patch.error = errorJson(s.error);
         patches.push(patch);
       }
-      b.taskEvent(row, s.state);
+      b.taskEvent(row, s.state, at);
       if (row.parent_id === null) {
         const js: JobState = s.state === 'skipped' ? 'failed' : s.state;
-        jobs.push({ id: row.job_id, state: js, settled_at: b.now });
+        jobs.push({ id: row.job_id, state: js, settled_at: at });
         b.jobsSettled.push({ jobId: row.job_id, state: js });
-        if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at: b.now });
+        if (b.wantEvents) b.events.push({ kind: 'job', jobId: row.job_id, state: js, at });
       }
     }
     await tx.updateTasks(patches);
     if (jobs.length) await tx.updateJobs(jobs);
 
     // Parents: one read and one write per parent per wave, however many children settled.
-    const perParent = new Map<string, { open: number; awaited: number; failures: number }>();
+    const perParent = new Map<string, { open: number; awaited: number; failures: number; latest: number }>();
     for (const { row } of wave) {
       if (row.parent_id === null) continue;
       let d = perParent.get(row.parent_id);
       if (!d) {
-        d = { open: 0, awaited: 0, failures: 0 };
+        d = { open: 0, awaited: 0, failures: 0, latest: 0 };
         perParent.set(row.parent_id, d);
       }
       d.open++;
+      d.latest = Math.max(d.latest, settledAt.get(row.id)!);
       if (row.awaited) d.awaited++;
       if (row.state === 'failed' && !row.ignore_failure && !row.observed) d.failures++;
     }
@@ -134,10 +158,12 @@ export async function settle(tx: StoreTx, b: Batch, wave: Settling[]): Promise<v
         const d = perParent.get(p.id)!;
         p.open_children = Math.max(0, p.open_children - d.open);
         p.unobserved_failures += d.failures;
+        p.children_settled_at = Math.max(p.children_settled_at ?? 0, d.latest);
         const patch: TaskPatch = {
           id: p.id,
           open_children: p.open_children,
           unobserved_failures: p.unobserved_failures,
+          children_settled_at: p.children_settled_at,
         };
         if (p.wait_mode === 2 && p.state === 'waiting') {
           p.wait_remaining = Math.max(0, p.wait_remaining - d.awaited);

@@ -3,6 +3,11 @@
  * reports outcomes in batches (one transaction per batch of completions). It holds leases
  * with batched heartbeats and aborts handlers that are cancelled, time out or lose their
  * lease. It talks to the engine through a port: in this process, or a server over HTTP.
+ *
+ * Up to REPORTS_IN_FLIGHT reports (each carrying the claim that refills the slots its
+ * outcomes free) are in flight at once, so the handlers of one batch run, and the next
+ * outcomes are gathered, while the store records another: with `concurrency` at twice
+ * `batchSize`, two batches alternate.
  */
 import { TaskContext, type TaskMap } from './context.js';
 import type { AttemptRef } from './defs.js';
@@ -100,6 +105,12 @@ function reportRetryable(e: unknown): boolean {
   );
 }
 
+/**
+ * Reports in flight at once. Two let Node's work on one batch overlap the store's on another;
+ * a store that runs one transaction at a time (SQLite) just queues the second.
+ */
+const REPORTS_IN_FLIGHT = 2;
+
 /** How soon an idle worker looks again at a due task that a concurrency limit held back. */
 const BLOCKED_RECHECK_MS = 200;
 
@@ -115,9 +126,20 @@ export class Worker {
   private reportRetryTimer: NodeJS.Timeout | undefined;
   /** Set once stop's grace is over: a report that fails then is not tried again. */
   private givingUp = false;
-  private flushing: Promise<void> | null = null;
-  /** The claim in flight, if any (stop waits for it: its tasks must run or be reported). */
-  private claiming: Promise<void> | false = false;
+  /** Reports in flight (at most REPORTS_IN_FLIGHT), and the outcomes they carry. */
+  private readonly reports = new Set<Promise<void>>();
+  private outcomesInFlight = 0;
+  /**
+   * Claims in flight, alone or riding on a report, until the tasks they brought are started
+   * (stop waits for them: their tasks must run or be given back); `unanswered` of them have no
+   * answer yet, and they asked for `reserved` tasks in all.
+   */
+  private readonly claims = new Set<Promise<void>>();
+  private unanswered = 0;
+  private reserved = 0;
+  /** The claim in flight on its own (not with a report), if any, and how many tasks it asked for. */
+  private alone: Promise<void> | undefined;
+  private aloneWant = 0;
   /** When the last claim began: tasks due before it that it did not take were held back. */
   private claimStartedAt = 0;
   /** Wake-ups heard (onReady): work may have become ready since a claim came back short. */
@@ -177,10 +199,10 @@ export class Worker {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
     this.longPoll?.abort();
-    if (this.claiming) await this.claiming;
+    await Promise.all(this.claims);
     const deadline = Date.now() + graceMs;
     const busy = () =>
-      this.running.size > 0 || this.completions.length || this.failures.length || this.flushing;
+      this.running.size > 0 || this.completions.length || this.failures.length || this.reports.size > 0;
     while (busy() && Date.now() < deadline) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
@@ -194,7 +216,7 @@ export class Worker {
     for (const u of this.unsubscribe.splice(0)) u();
     for (const r of this.running.values()) r.controller.abort(new Error('worker stopped'));
     this.givingUp = true;
-    if (this.flushing) await this.flushing;
+    await Promise.all(this.reports);
     clearTimeout(this.reportRetryTimer);
     this.reportRetryTimer = undefined;
     this.flushScheduled = false;
@@ -216,9 +238,19 @@ export class Worker {
     return this.running.size;
   }
 
+  /**
+   * Slots no claim has asked for yet: the outcomes of reports in flight free theirs, and the
+   * claims in flight (those reports' and any other) take theirs.
+   */
+  private free(): number {
+    return this.opts.concurrency - this.running.size + this.outcomesInFlight - this.reserved;
+  }
+
   private pump(wait = false): void {
-    if (this.stopped || this.claiming) return;
-    const want = Math.min(this.opts.concurrency - this.running.size, this.opts.batchSize);
+    // One claim of its own at a time, and none beside a claim that has not answered yet: its
+    // answer says whether more work is there.
+    if (this.stopped || this.unanswered > 0) return;
+    const want = Math.min(this.free(), this.opts.batchSize);
     if (want <= 0) return;
     clearTimeout(this.wakeTimer);
     const q = { namespace: this.opts.namespace, types: this.types, limit: want, leaseMs: this.opts.leaseMs };
@@ -228,10 +260,32 @@ export class Worker {
       signal = this.longPoll.signal;
     }
     this.claimStartedAt = Date.now();
-    this.claiming = this.port
+    const answered = () => {
+      this.unanswered--;
+      this.reserved -= want;
+    };
+    this.unanswered++;
+    this.reserved += want;
+    const claim: Promise<void> = this.port
       .claim(wait ? { ...q, waitMs: this.opts.longPollMs ?? 10_000 } : q, signal)
-      .then((claimed) => this.claimed(claimed, want))
-      .catch((e) => this.claimFailed(e));
+      .then(
+        (claimed) => {
+          answered();
+          return this.claimed(claimed, want);
+        },
+        (e) => {
+          answered();
+          this.claimFailed(e);
+        },
+      )
+      .catch((e) => this.onError(e))
+      .finally(() => {
+        this.claims.delete(claim);
+        if (this.alone === claim) this.alone = undefined;
+      });
+    this.claims.add(claim);
+    this.alone = claim;
+    this.aloneWant = want;
   }
 
   /** Claims for capacity just freed, unless a claim would find nothing (see `drained`). */
@@ -246,7 +300,6 @@ export class Worker {
    * port that long-polls, claims again and waits there for work).
    */
   private async claimed(claimed: PortTask[], want: number): Promise<void> {
-    this.claiming = false;
     this.longPoll = undefined;
     if (this.stopped) {
       // Stopping: what the claim brought is given back unstarted, for another worker to take
@@ -295,11 +348,10 @@ export class Worker {
       this.onError(e); // the store is unreachable: poll again later
     }
     clearTimeout(this.wakeTimer);
-    if (!this.stopped && !this.claiming) this.wakeTimer = setTimeout(() => this.pump(), delay);
+    if (!this.stopped && this.unanswered === 0) this.wakeTimer = setTimeout(() => this.pump(), delay);
   }
 
   private claimFailed(e: unknown): void {
-    this.claiming = false;
     const aborted = this.longPoll?.signal.aborted;
     this.longPoll = undefined;
     if (aborted) {
@@ -388,35 +440,38 @@ export class Worker {
   }
 
   private async flush(): Promise<void> {
-    if (this.flushing) await this.flushing;
-    // A short claim in flight (a slot freed by a suspended handler): let it land, so these
-    // outcomes carry the next claim and the worker keeps one round trip per batch instead of
-    // splitting into two batches that alternate.
-    if (this.claiming && !this.longPoll && !this.stopped) await this.claiming;
+    // The reports in flight are as many as may be: these outcomes wait for one to return
+    // (with whatever else finishes meanwhile).
+    while (this.reports.size >= REPORTS_IN_FLIGHT) await Promise.race(this.reports);
+    // A short claim of its own in flight (a slot freed by a suspended handler): let it land, so
+    // these outcomes carry the next claim and batches do not fragment. A full one (the second
+    // batch, at start) is not waited for: its batch alternates with this one.
+    if (this.alone && this.aloneWant < this.opts.batchSize && !this.longPoll && !this.stopped)
+      await this.alone;
     this.flushScheduled = false;
     const completions = this.completions;
     const failures = this.failures;
     this.completions = [];
     this.failures = [];
-    if (!completions.length && !failures.length) return;
+    const n = completions.length + failures.length;
+    if (!n) return;
     // Outcomes and the next claim share one transaction: the slots these tasks free are
     // refilled in the same round trip.
-    const want = Math.min(
-      this.opts.concurrency - this.running.size + completions.length + failures.length,
-      this.opts.batchSize,
-    );
+    const want = Math.min(this.free() + n, this.opts.batchSize);
     // With a long-poll in flight (no work was ready), outcomes go without a claim: work they
     // make ready answers that poll. Aborting it instead could drop tasks it just claimed.
-    const claimNow = !this.stopped && !this.claiming && want > 0;
-    let claimDone!: () => void;
+    const claimNow = !this.stopped && !this.longPoll && want > 0;
     if (claimNow) {
       this.claimStartedAt = Date.now();
-      this.claiming = new Promise<void>((r) => {
-        claimDone = r;
-      });
+      this.unanswered++;
+      this.reserved += want;
       clearTimeout(this.wakeTimer);
     }
-    this.flushing = (async () => {
+    this.outcomesInFlight += n;
+    let claimDone!: () => void;
+    const claim = claimNow ? new Promise<void>((r) => (claimDone = r)) : undefined;
+    if (claim) this.claims.add(claim);
+    const report = (async () => {
       let claimed: PortTask[] | undefined;
       let retry = false;
       try {
@@ -448,20 +503,28 @@ export class Worker {
           this.reportFailingSince = 0;
         }
       }
+      this.outcomesInFlight -= n;
       if (!retry) {
         for (const c of completions) this.running.delete(attemptKey(c));
         for (const f of failures) this.running.delete(attemptKey(f));
       }
-      if (claimNow) {
-        if (claimed) await this.claimed(claimed, want);
-        else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
-        claimDone();
+      if (claim) {
+        this.unanswered--;
+        this.reserved -= want;
+        try {
+          if (claimed) await this.claimed(claimed, want);
+          else this.claimFailed(new Error('claim skipped: reporting outcomes failed'));
+        } finally {
+          this.claims.delete(claim);
+          claimDone();
+        }
       }
     })();
+    this.reports.add(report);
     try {
-      await this.flushing;
+      await report;
     } finally {
-      this.flushing = null;
+      this.reports.delete(report);
     }
     this.refill();
     this.notifyIdle();

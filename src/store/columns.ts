@@ -74,4 +74,5 @@ export const COMPLETED_COLUMNS = [
   'concurrency_key',
   'open_children',
   'unobserved_failures',
+  'children_settled_at',
 ] as const satisfies readonly TaskColumn[];

@@ -12,3 +12,27 @@ export class Mutex {
     return result;
   }
 }
+
+/** A FIFO async semaphore: at most `size` operations run at once, the others wait their turn in order. */
+export class Semaphore {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(readonly size: number) {
+    if (!Number.isInteger(size) || size < 1)
+      throw new RangeError(`semaphore size ${size}: a whole number ≥ 1`);
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.size) await new Promise<void>((r) => this.waiting.push(r));
+    else this.active++;
+    try {
+      return await fn();
+    } finally {
+      // The turn passes straight to the next in line: `active` stays counted for it.
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+}

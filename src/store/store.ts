@@ -57,6 +57,11 @@ export interface TaskRow {
   started_at: number | null;
   finished_at: number | null;
   settled_at: number | null;
+  /**
+   * The latest `settled_at` among the task's children (null before the first settles): the
+   * task never settles before it, whatever order overlapping transactions commit in.
+   */
+  children_settled_at: number | null;
   /** The worker that claimed it last, as the worker names itself; null if none said. */
   worker_id: string | null;
 }
@@ -67,7 +72,16 @@ export type TaskCore = Omit<TaskRow, 'payload' | 'result' | 'error' | 'progress'
 /** What the settle cascade needs of a task. */
 export type SettleRow = Pick<
   TaskCore,
-  'id' | 'job_id' | 'namespace' | 'parent_id' | 'type' | 'state' | 'awaited' | 'ignore_failure' | 'observed'
+  | 'id'
+  | 'job_id'
+  | 'namespace'
+  | 'parent_id'
+  | 'type'
+  | 'state'
+  | 'awaited'
+  | 'ignore_failure'
+  | 'observed'
+  | 'children_settled_at'
 >;
 
 /** A task returned by a guarded completion, with the counters its settling needs. */

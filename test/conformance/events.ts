@@ -1,7 +1,8 @@
 /**
  * 13. Progress and events: handlers report progress (stored, and published); in-process
  * subscribers receive a job's events (task state changes, progress, the job settling) in
- * commit order, each task's states following the state machine.
+ * commit order, each task's states following the state machine; times follow each task's
+ * transitions and the tree (and, one transaction at a time, the order of delivery).
  */
 import { describe, expect, it } from 'vitest';
 import { type DynataskEvent, NonRetryableError, type TaskState } from '../../src/index.js';
@@ -85,7 +86,12 @@ export function eventTests(h: Harness): void {
       const tasks = await allTasks(dt, job.id);
       expect(tasks).toHaveLength(8);
 
-      for (let i = 1; i < events.length; i++) expect(events[i]!.at).toBeGreaterThanOrEqual(events[i - 1]!.at);
+      // One transaction at a time: times follow delivery order. Several at once: each task's
+      // do, and a parent settles no earlier than its children (checked below).
+      if (!h.overlapping)
+        for (let i = 1; i < events.length; i++)
+          expect(events[i]!.at).toBeGreaterThanOrEqual(events[i - 1]!.at);
+      const settledAt = new Map<string, number>();
       const settledIndex = new Map<string, number>();
       for (const t of tasks) {
         const states = log.statesOf(t.id);
@@ -94,13 +100,22 @@ export function eventTests(h: Harness): void {
           expect(NEXT[states[i - 1]!], `${t.type}: ${states.join(' > ')}`).toContain(states[i]);
         expect(states.at(-1)).toBe(t.state);
         expect(states.filter((s) => SETTLED.includes(s))).toHaveLength(1);
+        const times = events.flatMap((e) => (e.kind === 'task' && e.taskId === t.id ? [e.at] : []));
+        for (let i = 1; i < times.length; i++) expect(times[i]).toBeGreaterThanOrEqual(times[i - 1]!);
+        settledAt.set(t.id, times.at(-1)!);
+        expect(t.settledAt).toBe(times.at(-1));
         settledIndex.set(
           t.id,
           events.findIndex((e) => e.kind === 'task' && e.taskId === t.id && SETTLED.includes(e.state)),
         );
       }
       for (const t of tasks)
-        if (t.parentId) expect(settledIndex.get(t.parentId)!).toBeGreaterThan(settledIndex.get(t.id)!);
+        if (t.parentId) {
+          expect(settledIndex.get(t.parentId)!).toBeGreaterThan(settledIndex.get(t.id)!);
+          expect(settledAt.get(t.parentId)!).toBeGreaterThanOrEqual(settledAt.get(t.id)!);
+        }
+      const jobAt = events.find((e) => e.kind === 'job')!.at;
+      expect(jobAt).toBe(settledAt.get(job.rootTaskId));
 
       const flaky = tasks.find((t) => t.type === 'flaky')!;
       expect(log.statesOf(flaky.id)).toEqual(['queued', 'running', 'queued', 'running', 'succeeded']);

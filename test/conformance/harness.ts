@@ -29,6 +29,12 @@ export interface ConformanceTarget {
    * protocol's own tests (test/server.*.test.ts) cover those calls on the wire.
    */
   inProcess?: boolean;
+  /**
+   * True for stores that run several transactions of one instance at once (PostgreSQL): the
+   * events of unrelated tasks may then come out of the order of their times (docs/api.md,
+   * Events). A task's own events, and a parent's settling after its children's, stay ordered.
+   */
+  overlapping?: boolean;
 }
 
 export interface Deferred<T = void> {
@@ -208,6 +214,11 @@ export class Harness {
   private done = new AbortController();
 
   constructor(readonly target: ConformanceTarget) {}
+
+  /** Whether one instance runs several transactions at once (see ConformanceTarget.overlapping). */
+  get overlapping(): boolean {
+    return this.target.overlapping === true;
+  }
 
   /** Whether instances have their engine in this process (see ConformanceTarget.inProcess). */
   get inProcess(): boolean {

@@ -211,6 +211,8 @@ export function waitTests(h: Harness): void {
       // Short leases: the resumed run loses its lease at once if its worker stops heartbeating it.
       const dt = await h.open({ leaseMs: 300 });
       const unwound = h.gate(); // the first run's async finally (closing a connection, say)
+      // The leaf ends once the root waits: ended first, the root's wait would not suspend.
+      const rootWaiting = h.gate();
       const resumedRunning = h.gate();
       const finish = h.gate();
       const log = new EventLog(dt);
@@ -226,9 +228,14 @@ export function waitTests(h: Harness): void {
         await finish.promise;
         return run;
       });
-      dt.handle('leaf', () => 'leaf');
+      dt.handle('leaf', async () => {
+        await rootWaiting.promise;
+        return 'leaf';
+      });
       await dt.start({ concurrency: 4 });
       const job = await dt.submit('root', null);
+      await untilState(dt, job.rootTaskId, 'waiting');
+      rootWaiting.resolve();
       // The resumed run is claimed by this worker while the first still unwinds.
       await within(resumedRunning.promise, 5000, 'the resumed run');
       unwound.resolve();

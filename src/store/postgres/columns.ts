@@ -50,6 +50,7 @@ export const TASK_COLUMN_TYPES = {
   started_at: 'bigint null',
   finished_at: 'bigint null',
   settled_at: 'bigint null',
+  children_settled_at: 'bigint null',
   worker_id: 'text null',
 } as const satisfies Record<keyof TaskRow, ColumnType>;
 

@@ -6,12 +6,17 @@
  * operation, at READ COMMITTED. Rows a transition reads to change are locked: `getTasks` locks
  * in id order, claims skip locked rows, slot counts are locked while a claim takes them.
  *
- * One store runs its transactions one at a time, as the SQLite store does; concurrency comes
- * from more processes (or more stores). The engine stamps a transaction's writes and events
- * with the time it began (the database's clock, read with BEGIN), so two overlapping
- * transactions of one process that commit in the other order would record a parent settling
- * before its child, and deliver events out of time order. A transaction that would wait long
- * for a row lock gives up its turn instead (see LOCK_TIMEOUT_FIRST_MS). Queries outside transactions (getJob, getTask, ...) use the other connections.
+ * One store runs up to `parallelTransactions` transactions at once (default 3), so that Node
+ * prepares one batch while PostgreSQL executes another; further ones wait their turn, in order.
+ * The engine stamps a transaction's writes and events with the database's clock read as it begins:
+ * two overlapping transactions (of one process, or of two) may commit in the other order than
+ * they began, and the one that began first may then settle a parent after seeing a child
+ * settled by the other, with an earlier stamp. Stamps that must stay ordered are made so from
+ * the rows themselves: a parent carries the latest settle time of its children
+ * (`children_settled_at`, written with the counter update it already gets), and never settles
+ * before it (see settle.ts). A transaction that would wait long for a row lock gives up its turn
+ * instead (see LOCK_TIMEOUT_FIRST_MS). Queries outside transactions (getJob, getTask, ...) use
+ * the other connections.
  * A transaction that deadlocks anyway (two batches updating rows in different orders) is
  * rolled back by Postgres and run again here, and so is one that lost a race for a spawn or
  * dedup key (see PostgresTx.lostKeyRace): the engine's operations only touch the store inside
@@ -26,7 +31,7 @@ import pg from 'pg';
 import { isConnectionError } from '../../core/connection.js';
 import { ValidationError } from '../../core/errors.js';
 import type { TaskState } from '../../core/states.js';
-import { Mutex } from '../mutex.js';
+import { Semaphore } from '../mutex.js';
 import type {
   AttemptRow,
   ClaimReadyQuery,
@@ -68,7 +73,15 @@ export interface PostgresStoreOptions {
   schema?: string;
   /** Connections in the pool. Default 10. */
   poolSize?: number;
+  /**
+   * Transactions of this store in flight at once (the others wait their turn). Default 3, at
+   * most `poolSize - 1`: one connection stays for reads.
+   */
+  parallelTransactions?: number;
 }
+
+/** See PostgresStoreOptions.parallelTransactions: measured in docs/benchmarks.md. */
+const DEFAULT_PARALLEL_TRANSACTIONS = 3;
 
 /** Splits the `schema` parameter off a connection URL: pg would pass it to the server. */
 export function parsePostgresUrl(url: string): { url: string; schema: string | undefined } {
@@ -89,8 +102,8 @@ const RETRYABLE = new Set([
 const MAX_TRIES = 8;
 
 /**
- * A store transaction waits this long for a row lock, then rolls back and runs again later,
- * outside the store's one-at-a-time order: a row held by someone else's transaction (a
+ * A store transaction waits this long for a row lock, then rolls back, gives up its turn and
+ * runs again later: a row held by someone else's transaction (a
  * caller's `options.transaction`, in this process or another) must not stall every other
  * operation of the process behind it. The wait doubles on each try (a hot row under heavy
  * contention still gets its turn), and the operation gives up after LOCK_WAIT_FOR_MS.
@@ -131,7 +144,8 @@ export class PostgresStore implements Store {
   readonly schema: string;
   private readonly pool: pg.Pool;
   private readonly ctx: TxContext;
-  private readonly mutex = new Mutex();
+  /** The store's turns: transactions beyond `parallelTransactions` wait here, in order. */
+  private readonly turns: Semaphore;
   private readonly ready: ReadyListener;
   private closing: Promise<void> | undefined;
   private closed = false;
@@ -145,9 +159,13 @@ export class PostgresStore implements Store {
       throw new ValidationError(
         `schema ${JSON.stringify(this.schema)}: use letters, digits and underscores (at most 63), not starting with a digit`,
       );
+    const poolSize = opts.poolSize ?? 10;
+    this.turns = new Semaphore(
+      Math.max(1, Math.min(opts.parallelTransactions ?? DEFAULT_PARALLEL_TRANSACTIONS, poolSize - 1)),
+    );
     this.pool = new pg.Pool({
       connectionString: parsed.url,
-      max: opts.poolSize ?? 10,
+      max: poolSize,
       types,
       options: PLANNER,
     });
@@ -226,7 +244,7 @@ export class PostgresStore implements Store {
     let giveUpAt: number | undefined;
     for (;;) {
       try {
-        return await this.mutex.run(() => this.runTransaction(fn, lockTimeoutMs, opts?.clockLater));
+        return await this.turns.run(() => this.runTransaction(fn, lockTimeoutMs, opts?.clockLater));
       } catch (e) {
         if ((e as { code?: string }).code !== LOCK_NOT_AVAILABLE || this.closing) throw e;
         giveUpAt ??= Date.now() + LOCK_WAIT_FOR_MS;
@@ -235,7 +253,7 @@ export class PostgresStore implements Store {
             `dynatask: rows this operation needs stayed locked by another transaction for ${LOCK_WAIT_FOR_MS / 1000} s (an uncommitted options.transaction?)`,
             { cause: e },
           );
-        // Outside the mutex: the process's other operations go on meanwhile.
+        // Without a turn: the process's other operations go on meanwhile.
         await new Promise((r) => setTimeout(r, lockTimeoutMs / 2 + Math.random() * (lockTimeoutMs / 2)));
         lockTimeoutMs = Math.min(lockTimeoutMs * 2, LOCK_TIMEOUT_MAX_MS);
       }
@@ -267,8 +285,8 @@ export class PostgresStore implements Store {
 
   /**
    * Runs `fn` on `client`, a connection of the caller's inside a transaction they began; the
-   * caller commits. Outside the store's one-at-a-time order, and not run again on a conflict:
-   * a failure is the caller's to handle, by rolling back. Its wake-ups carry a mark of their
+   * caller commits. Takes none of the store's turns, and is not run again on a conflict: a
+   * failure is the caller's to handle, by rolling back. Its wake-ups carry a mark of their
    * own, so this store's workers hear them too, on commit.
    */
   async transactionWith<T>(client: unknown, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
@@ -464,7 +482,7 @@ export class PostgresStore implements Store {
    * time when it runs. One round trip, in the store's order of transactions.
    */
   claimReady(q: Omit<ClaimReadyQuery, 'now'>): Promise<{ now: number; rows: ClaimRow[] } | null> {
-    return this.mutex.run(() =>
+    return this.turns.run(() =>
       this.tracked('transaction', async () => {
         const { rows } = await this.pool.query<ClaimedRow>({
           name: 'dynatask_claim_ready',

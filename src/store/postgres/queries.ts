@@ -117,13 +117,15 @@ export function queries(s: string) {
 
     /**
      * $1: items' ids, $2: their attempt tokens, $3: their results, $4: now. Guarded: only rows
-     * still running under that token change. RETURNING gives the values after the update.
+     * still running under that token change. RETURNING gives the values after the update. A
+     * task settling here never settles before its children (TaskRow.children_settled_at).
      */
     completeRunning: `UPDATE ${s}.tasks AS t SET
         result = u.result, error = NULL, finished_at = $4, handler_done = 1, lease_expires_at = NULL,
         wait_mode = 0,
         state = CASE WHEN t.open_children = 0 AND t.unobserved_failures = 0 THEN 'succeeded' ELSE 'completing' END,
-        settled_at = CASE WHEN t.open_children = 0 AND t.unobserved_failures = 0 THEN $4::bigint END
+        settled_at = CASE WHEN t.open_children = 0 AND t.unobserved_failures = 0
+          THEN GREATEST($4::bigint, t.children_settled_at) END
       FROM unnest($1::text[], $2::integer[], $3::text[]) AS u(id, token, result)
       WHERE t.id = u.id AND t.run_token = u.token AND t.state = 'running'
       RETURNING ${list(COMPLETED_COLUMNS, 't')}`,

@@ -91,7 +91,8 @@ CREATE TABLE dynatask.tasks (
     finished_at bigint,
     settled_at bigint,
     worker_id text COLLATE pg_catalog."C",
-    attempt_base integer DEFAULT 0 NOT NULL
+    attempt_base integer DEFAULT 0 NOT NULL,
+    children_settled_at bigint
 );
 
 CREATE TABLE dynatask.type_configs (

@@ -81,6 +81,7 @@ const TASK_COLUMNS = [
   'started_at',
   'finished_at',
   'settled_at',
+  'children_settled_at',
   'worker_id',
 ] as const satisfies ReadonlyArray<keyof TaskRow>;
 
@@ -454,7 +455,14 @@ export class SqliteStore implements Store {
           if (r?.state !== 'running' || r.run_token !== it.token) continue;
           const settles = r.open_children === 0 && r.unobserved_failures === 0;
           r.state = settles ? 'succeeded' : 'completing';
-          completeWrite.run(it.result, now, r.state, settles ? now : null, r.id);
+          // Never before a child's settle time (see TaskRow.children_settled_at).
+          completeWrite.run(
+            it.result,
+            now,
+            r.state,
+            settles ? Math.max(now, r.children_settled_at ?? now) : null,
+            r.id,
+          );
           out.push(r);
         }
         return out;
