@@ -14,7 +14,6 @@ afterAll(() => schemas.dropAll());
 const urls = new WeakMap<Dynatask, string>();
 
 runConformance('postgres', {
-  overlapping: true,
   async open(opts: TargetOptions = {}) {
     const database = schemas.freshUrl('conf');
     const dt = await open({ database, ...opts });
