@@ -83,6 +83,8 @@ function startServer(dir, name, tokens) {
  */
 function schemathesis(name, url, budget, extra) {
   const args = [
+    '--config-file',
+    join(root, 'scripts', 'schemathesis.toml'),
     'run',
     `${url}/openapi.json`,
     '--checks',
