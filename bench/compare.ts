@@ -7,7 +7,7 @@
  * Each figure is the median of the rounds. One row per workload and store, with the target
  * of issue 11 and PASS or SHORT; --json prints the rows as JSON lines.
  */
-import { anchorsSource, type PeerLine, startPeers } from './peers.js';
+import { anchorsSource, startPeers } from './peers.js';
 
 /** What run.ts measures of one of our runs (the fields used here). */
 export interface OurRow {
@@ -39,8 +39,8 @@ interface Row {
   bullmq: number | null;
   graphile: number | null;
   target: string;
-  /** Each check's ratio (or figure) against its bound. */
   verdict: 'PASS' | 'SHORT' | '';
+  /** Each check's ratio (or figure), compared with its bound. */
   detail: string;
 }
 
@@ -329,5 +329,3 @@ function print(rows: Row[], runs: number) {
   console.log(row(header));
   for (const l of lines) console.log(row(l));
 }
-
-export type { PeerLine };

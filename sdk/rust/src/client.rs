@@ -39,6 +39,11 @@ const MAX_BATCH: usize = 1000;
 
 /// A new job id: a UUID v7 (time-ordered), as the other SDKs make.
 pub fn new_job_id() -> String {
+    uuid7()
+}
+
+/// A UUID v7: the crate's ids (jobs, claims, worker names) are all made here.
+pub(crate) fn uuid7() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

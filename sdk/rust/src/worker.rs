@@ -391,7 +391,7 @@ impl WorkerBuilder {
         let transport = Arc::new(Transport::new(&self.url, self.token.as_deref())?);
         let worker_id = self.worker_id.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
-            format!("{host}:{}:{}", std::process::id(), uuid_v4())
+            format!("{host}:{}:{}", std::process::id(), crate::client::uuid7())
         });
         let mut types = Vec::new();
         let mut handlers = HashMap::new();
@@ -515,22 +515,6 @@ impl std::fmt::Debug for Worker {
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A random (version 4) UUID, as claim ids are.
-fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// The length of `v` as JSON, without building the text.
@@ -794,7 +778,7 @@ impl Inner {
             limit: limit as u32,
             lease_ms: self.lease_ms,
             worker_id: Some(self.worker_id.clone()),
-            claim_id: Some(uuid_v4()),
+            claim_id: Some(crate::client::uuid7()),
             wait_ms: None,
         }
     }

@@ -886,7 +886,7 @@ async fn run_scenario(s: &Value, url: &str) -> (Value, Value, Vec<String>) {
     let mut options = submit["options"].as_object().cloned().unwrap_or_default();
     options.insert("namespace".to_owned(), json!(namespace));
     // Idempotent by job id: a repeated submission (a lost answer) returns the same job.
-    options.insert("jobId".to_owned(), json!(uuid7()));
+    options.insert("jobId".to_owned(), json!(dynatask::new_job_id()));
     let submitter = Transport::new(&proxy.url, None).unwrap();
     let body = json!({"jobs": [{"type": submit["type"], "payload": submit["payload"], "options": options}]});
     let r: Value = submitter
@@ -1107,27 +1107,6 @@ async fn run_scenario(s: &Value, url: &str) -> (Value, Value, Vec<String>) {
     }
     let problems = d.problems.clone();
     (Value::Object(actual), Value::Object(expected), problems)
-}
-
-/// A UUID v7 (time-ordered), as the SDKs choose job ids.
-fn uuid7() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let random: u128 = rand::random();
-    let v = (ms << 80) | (random & ((1u128 << 80) - 1));
-    let v = (v & !(0xf << 76)) | (0x7 << 76);
-    let v = (v & !(0x3 << 62)) | (0x2 << 62);
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 async fn run_all(store: Store) {
